@@ -1,0 +1,138 @@
+"""``ftpclient``: one command per run, or an interactive shell with no command."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Callable, Sequence
+
+from ftpserver import __version__
+from ftpserver.errors import FTPError
+
+from .client import DEFAULT_PORT, Client
+from .listing import format_columns, format_json, format_long
+from .progress import ProgressBar
+
+__all__ = ["main", "connect"]
+
+EPILOG = """examples:
+  ftpclient put movie.mkv              upload to the current remote folder
+  ftpclient put notes.txt docs/        upload into the remote folder docs
+  ftpclient get docs/notes.txt         download to ./notes.txt
+  ftpclient -H 192.168.1.20 ls -l      list a server on the LAN
+  ftpclient                            interactive shell
+An interrupted put or get resumes when run again; --restart starts from zero.
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ftpclient", description="Move files to and from an ftpserver.", epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-H", "--host", default="127.0.0.1", help="server address (default 127.0.0.1)")
+    parser.add_argument("-p", "--port", type=int, default=DEFAULT_PORT, help=f"server port (default {DEFAULT_PORT})")
+    parser.add_argument("-u", "--user", help="log in as USER (password from FTP_PASSWORD or a prompt)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--version", action="version", version=f"ftpclient {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def command(name: str, help: str, example: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=help, epilog=f"example:\n  {example}",
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    put = command("put", "upload a file", "ftpclient put report.pdf docs/")
+    put.add_argument("local", metavar="LOCAL")
+    put.add_argument("remote", metavar="REMOTE", nargs="?")
+    put.add_argument("--restart", action="store_true", help="start from zero, not from a partial upload")
+    get = command("get", "download a file", "ftpclient get docs/report.pdf ~/Downloads/")
+    get.add_argument("remote", metavar="REMOTE")
+    get.add_argument("local", metavar="LOCAL", nargs="?")
+    get.add_argument("--restart", action="store_true", help="start from zero, not from a partial download")
+    ls = command("ls", "list a remote folder", "ftpclient ls -l docs")
+    ls.add_argument("path", metavar="REMOTE_DIR", nargs="?", default="")
+    ls.add_argument("-l", dest="long", action="store_true", help="type, size and modification time")
+    ls.add_argument("--json", action="store_true", help="machine-readable output")
+    mkdir = command("mkdir", "create a remote folder", "ftpclient mkdir photos")
+    mkdir.add_argument("path", metavar="REMOTE_DIR")
+    rm = command("rm", "remove a remote file or empty folder", "ftpclient rm old.iso")
+    rm.add_argument("path", metavar="REMOTE")
+    mv = command("mv", "rename a remote file or folder", "ftpclient mv draft.txt final.txt")
+    mv.add_argument("path", metavar="REMOTE")
+    mv.add_argument("to", metavar="NEW")
+    return parser
+
+
+def connect(host: str, port: int, user: str | None) -> Client:
+    """Open a connection and log in when ``user`` is given.  Raises FTPError."""
+    client = Client(host, port)
+    if user:
+        try:
+            client.login(user, _password())
+        except BaseException:
+            client.close()
+            raise
+    return client
+
+
+def _password() -> str:
+    password = os.environ.get("FTP_PASSWORD")
+    if password is None:
+        import getpass
+
+        password = getpass.getpass("Password: ")
+    return password
+
+
+def _put(client: Client, args: argparse.Namespace) -> int:
+    with ProgressBar(os.path.basename(args.local), None if not args.quiet else False) as bar:
+        client.put(args.local, args.remote, restart=args.restart, progress=bar)
+    return 0
+
+
+def _get(client: Client, args: argparse.Namespace) -> int:
+    with ProgressBar(args.remote.rstrip("/").rsplit("/", 1)[-1], None if not args.quiet else False) as bar:
+        client.get(args.remote, args.local, restart=args.restart, progress=bar)
+    return 0
+
+
+def _ls(client: Client, args: argparse.Namespace) -> int:
+    entries = client.ls(args.path)
+    if args.json:
+        print(format_json(client.stat(args.path or ".")["path"], entries))
+        return 0
+    lines = format_long(entries) if args.long else (
+        format_columns(entries) if sys.stdout.isatty() else [e["name"] for e in entries])
+    for line in lines:
+        print(line)
+    return 0
+
+
+def _simple(method: str) -> Callable[[Client, argparse.Namespace], int]:
+    def run(client: Client, args: argparse.Namespace) -> int:
+        extra = (args.to,) if method == "mv" else ()
+        getattr(client, method)(args.path, *extra)
+        return 0
+    return run
+
+
+COMMANDS: dict[str, Callable[[Client, argparse.Namespace], int]] = {
+    "put": _put, "get": _get, "ls": _ls,
+    "mkdir": _simple("mkdir"), "rm": _simple("rm"), "mv": _simple("mv"),
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command (or the shell); return the exit status."""
+    args = _parser().parse_args(argv)
+    try:
+        with connect(args.host, args.port, args.user) as client:
+            if args.command is None:
+                from .shell import run_shell
+                return run_shell(client, quiet=args.quiet)
+            return COMMANDS[args.command](client, args)
+    except FTPError as error:
+        print(f"ftpclient: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("ftpclient: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130

@@ -1,0 +1,349 @@
+"""The client library: one connection, one method per command.
+
+Methods return values or raise :class:`~ftpserver.errors.FTPError`; they never
+print.  Transfers report progress through a callback ``progress(done, total)``
+whose first call gives the offset a resumed transfer starts from.
+"""
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, Callable
+
+from ftpserver.errors import (ChecksumError, ConnectionLost, FTPError, IsADirectory, LocalError,
+                              NotFound, Unreachable)
+from ftpserver.protocol import CHUNK_SIZE, check_reply, encode_frame, read_frame
+from ftpserver.storage import META_SUFFIX, PARTIAL_SUFFIX
+from ftpserver.transfer import FileHasher, receive_body, send_body
+
+__all__ = ["Client", "TransferResult", "ProgressCallback", "DEFAULT_PORT"]
+
+DEFAULT_PORT = 2121
+#: ``progress(done, total)``: bytes of the file held so far, and its size.
+ProgressCallback = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class TransferResult:
+    """What a put or get did."""
+
+    remote: str        #: the server's absolute path of the file
+    local: Path        #: the local file
+    size: int          #: the file's size
+    offset: int        #: bytes already held before this transfer (resumed from)
+    md5: str           #: md5 of the whole file, checked on both ends
+    skipped: bool = False  #: the other side already had an identical file
+
+    @property
+    def sent(self) -> int:
+        """Bytes of the file body that crossed the network."""
+        return 0 if self.skipped else self.size - self.offset
+
+
+class _Counter:
+    """Turns per-chunk byte counts into ``progress(done, total)`` calls."""
+
+    def __init__(self, progress: ProgressCallback | None, done: int, total: int,
+                 also: Callable[[int], None] | None = None) -> None:
+        self.progress, self.done, self.total, self.also = progress, done, total, also
+        if progress:
+            progress(done, total)
+
+    def __call__(self, count: int) -> None:
+        self.done += count
+        if self.also:
+            self.also(count)
+        if self.progress:
+            self.progress(self.done, self.total)
+
+
+class Client:
+    """A connection to an ftpserver."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = DEFAULT_PORT, *,
+                 timeout: float | None = 60.0, buffer_size: int = CHUNK_SIZE) -> None:
+        self.host, self.port, self.buffer_size = host, port, buffer_size
+        try:
+            self._sock = socket.create_connection((host, port), timeout=timeout)
+        except OSError as error:
+            raise Unreachable(f"server unreachable at {host}:{port}: "
+                              f"{error.strerror or error}") from None
+        self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._reader = self._sock.makefile("rb")
+
+    def close(self) -> None:
+        """Close the connection."""
+        self._reader.close()
+        self._sock.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- frames -------------------------------------------------------------
+
+    def _send(self, header: dict[str, Any]) -> None:
+        try:
+            self._sock.sendall(encode_frame(header))
+        except OSError as error:
+            raise self._lost(error) from None
+
+    def _reply(self) -> dict[str, Any]:
+        try:
+            return check_reply(read_frame(self._reader))
+        except OSError as error:
+            raise self._lost(error) from None
+
+    def _lost(self, error: OSError) -> ConnectionLost:
+        if isinstance(error, TimeoutError):
+            return ConnectionLost(f"the server at {self.host}:{self.port} stopped answering")
+        return ConnectionLost(f"connection to {self.host}:{self.port} lost: {error.strerror or error}")
+
+    def request(self, cmd: str, **fields: Any) -> dict[str, Any]:
+        """Send one request and return its (successful) reply header."""
+        self._send({"cmd": cmd, **fields})
+        return self._reply()
+
+    # -- simple commands ----------------------------------------------------
+
+    def ls(self, path: str = "") -> list[dict[str, Any]]:
+        """Return the entries of a remote folder: name, type, size, mtime."""
+        reply = self.request("ls", path=path)
+        entries = list(reply["entries"])
+        while reply.get("more"):
+            reply = self._reply()
+            entries += reply["entries"]
+        return entries
+
+    def stat(self, path: str, md5: bool = False) -> dict[str, Any]:
+        """Return a remote entry (name, type, size, mtime), with its md5 if asked."""
+        reply = self.request("stat", path=path, md5=md5)
+        return {**reply["entry"], "path": reply["path"], **({"md5": reply["md5"]} if md5 and "md5" in reply else {})}
+
+    def pwd(self) -> str:
+        """Return the current remote folder."""
+        return self.request("pwd")["path"]
+
+    def cd(self, path: str) -> str:
+        """Change the current remote folder and return it."""
+        return self.request("cd", path=path)["path"]
+
+    def mkdir(self, path: str) -> str:
+        """Create a remote folder."""
+        return self.request("mkdir", path=path)["path"]
+
+    def rm(self, path: str) -> str:
+        """Remove a remote file or empty folder."""
+        return self.request("rm", path=path)["path"]
+
+    def mv(self, path: str, to: str) -> str:
+        """Rename a remote file or folder; return its new path."""
+        return self.request("mv", path=path, to=to)["to"]
+
+    def _remote_entry(self, path: str) -> dict[str, Any] | None:
+        try:
+            return self.stat(path)
+        except NotFound:
+            return None
+
+    # -- put ----------------------------------------------------------------
+
+    def put(self, local: str | os.PathLike[str], remote: str | None = None, *,
+            restart: bool = False, progress: ProgressCallback | None = None) -> TransferResult:
+        """Upload a file, resuming a partial upload of the same file unless ``restart``.
+
+        ``remote`` defaults to the file's base name in the current remote folder;
+        a remote folder, or a name ending in ``/``, receives the file under its
+        base name.  Raises LocalError for an unreadable local file.
+        """
+        path = Path(local)
+        with _open_local(path) as file:
+            st = os.fstat(file.fileno())
+            target = self._put_target(path.name, remote)
+            if not restart:
+                same = self._identical_remote(target, file, st.st_size)
+                if same:
+                    return TransferResult(same["path"], path, st.st_size, st.st_size, same["md5"], True)
+            source = f"{st.st_size}-{st.st_mtime_ns}-{st.st_ino}"
+            try:
+                return self._put(file, path, target, st.st_size, source, restart, progress)
+            except ChecksumError:
+                if restart:
+                    raise
+                # The held prefix was not what we have now: send it all once more.
+                return self._put(file, path, target, st.st_size, source, True, progress)
+
+    def _put_target(self, name: str, remote: str | None) -> str:
+        if not remote:
+            return name
+        if remote.endswith("/"):
+            return remote + name
+        entry = self._remote_entry(remote)
+        return posixpath.join(remote, name) if entry and entry["type"] == "dir" else remote
+
+    def _identical_remote(self, target: str, file: BinaryIO, size: int) -> dict[str, Any] | None:
+        entry = self._remote_entry(target)
+        if not entry or entry["type"] != "file" or entry["size"] != size:
+            return None
+        remote = self.stat(target, md5=True)
+        return remote if FileHasher(file, size).result() == remote.get("md5") else None
+
+    def _put(self, file: BinaryIO, path: Path, target: str, size: int, source: str,
+             restart: bool, progress: ProgressCallback | None) -> TransferResult:
+        reply = self.request("put", filename=target, filesize=size, resume=True,
+                             source=source, restart=restart)
+        offset = reply["offset"]
+        hasher = FileHasher(file, size)
+        try:
+            send_body(self._sock, file, offset, size - offset, _Counter(progress, offset, size))
+        except OSError as error:
+            hasher.cancel()
+            self._raise_server_error(error)
+        except BaseException:
+            hasher.cancel()
+            raise
+        md5 = hasher.result()
+        self._send({"md5": md5})
+        final = self._reply()
+        return TransferResult(final["filename"], path, size, offset, final["md5"])
+
+    def _raise_server_error(self, error: OSError) -> None:
+        """The server stopped reading: raise the error it sent, if any, else ConnectionLost."""
+        try:
+            self._sock.settimeout(2)
+            reply = read_frame(self._reader)
+        except (OSError, FTPError):
+            reply = None
+        if reply and reply.get("ok") is False:
+            check_reply(reply)
+        raise self._lost(error) from None
+
+    # -- get ----------------------------------------------------------------
+
+    def get(self, remote: str, local: str | os.PathLike[str] | None = None, *,
+            restart: bool = False, progress: ProgressCallback | None = None) -> TransferResult:
+        """Download a file, resuming a partial download beside it unless ``restart``.
+
+        ``local`` defaults to the remote base name in the current folder; a local
+        folder receives the file under its base name.  The file appears under its
+        final name only once complete and verified.
+        """
+        dest = _get_target(remote, local)
+        if not restart:
+            same = self._identical_local(remote, dest)
+            if same:
+                return TransferResult(same["path"], dest, same["size"], same["size"], same["md5"], True)
+        try:
+            return self._get(remote, dest, restart, progress)
+        except ChecksumError:
+            if restart:
+                raise
+            return self._get(remote, dest, True, progress)
+
+    def _identical_local(self, remote: str, dest: Path) -> dict[str, Any] | None:
+        try:
+            size = dest.stat().st_size if dest.is_file() else -1
+        except OSError:
+            return None
+        entry = self._remote_entry(remote)
+        if not entry or entry["type"] != "file" or entry["size"] != size:
+            return None
+        remote_entry = self.stat(remote, md5=True)
+        with _open_local(dest) as file:
+            return remote_entry if FileHasher(file, size).result() == remote_entry.get("md5") else None
+
+    def _get(self, remote: str, dest: Path, restart: bool,
+             progress: ProgressCallback | None) -> TransferResult:
+        partial = PartialDownload(dest)
+        held, source = (0, None) if restart else partial.resumable()
+        self._send({"cmd": "get", "filename": remote, "offset": held, "source": source})
+        reply = self._reply()
+        size, offset = reply["filesize"], reply["offset"]
+        partial.start(reply["filename"], reply["source"], size, offset)
+        hasher = FileHasher(partial.path, size, available=offset)
+        try:
+            with open(partial.path, "r+b", buffering=0) as file:
+                file.seek(offset)
+                receive_body(self._reader, file, size - offset, self.buffer_size,
+                             _Counter(progress, offset, size, hasher.advance))
+            trailer = self._reply()
+        except OSError as error:
+            hasher.cancel()
+            raise LocalError(f"cannot write {partial.path}: {error.strerror}") from None
+        except BaseException:
+            hasher.cancel()
+            raise
+        md5 = hasher.result()
+        if md5 != trailer["md5"]:
+            partial.discard()
+            raise ChecksumError(f"checksum mismatch for {reply['filename']}: received {md5}, "
+                                f"the server's is {trailer['md5']}")
+        partial.commit()
+        return TransferResult(reply["filename"], dest, size, offset, md5)
+
+
+class PartialDownload:
+    """A download in progress: ``NAME.ftp-partial`` beside the destination, and its metadata."""
+
+    def __init__(self, dest: Path) -> None:
+        self.dest = dest
+        self.path = dest.with_name(dest.name + PARTIAL_SUFFIX)
+        self.meta = dest.with_name(dest.name + META_SUFFIX)
+
+    def resumable(self) -> tuple[int, str | None]:
+        """Return the bytes held and the server's tag for them, or (0, None)."""
+        try:
+            meta = json.loads(self.meta.read_text("utf-8"))
+            held = self.path.stat().st_size
+        except (OSError, ValueError):
+            return 0, None
+        if not isinstance(meta, dict) or not isinstance(meta.get("source"), str):
+            return 0, None
+        return min(held, int(meta.get("filesize", 0))), meta["source"]
+
+    def start(self, remote: str, source: str, size: int, offset: int) -> None:
+        """Record what is being downloaded and cut the partial to ``offset``."""
+        try:
+            self.meta.write_text(json.dumps({"remote": remote, "source": source, "filesize": size}),
+                                 "utf-8")
+            with open(self.path, "ab") as file:
+                file.truncate(offset)
+        except OSError as error:
+            raise LocalError(f"cannot write {self.path}: {error.strerror}") from None
+
+    def commit(self) -> None:
+        """Give the complete, verified partial its final name."""
+        os.replace(self.path, self.dest)
+        self.meta.unlink(missing_ok=True)
+
+    def discard(self) -> None:
+        """Remove the partial and its metadata."""
+        self.path.unlink(missing_ok=True)
+        self.meta.unlink(missing_ok=True)
+
+
+def _get_target(remote: str, local: str | os.PathLike[str] | None) -> Path:
+    name = posixpath.basename(remote.rstrip("/")) or "download"
+    if local is None:
+        return Path(name)
+    path = Path(local)
+    if path.is_dir() or str(local).endswith(os.sep):
+        return path / name
+    return path
+
+
+def _open_local(path: Path) -> BinaryIO:
+    try:
+        if path.is_dir():
+            raise IsADirectory(f"{path} is a folder")
+        return open(path, "rb")
+    except FileNotFoundError:
+        raise LocalError(f"no such local file: {path}") from None
+    except OSError as error:
+        raise LocalError(f"cannot read {path}: {error.strerror}") from None

@@ -1,0 +1,284 @@
+"""One client connection: read a header, dispatch ``cmd`` to ``do_<cmd>``, reply.
+
+Each ``do_<cmd>`` method receives the request header and returns the reply
+header (or sends its own replies and returns None).  Any :class:`FTPError`
+becomes an error reply with its code; anything else is logged and sent as
+``internal``.  Only names made of lower-case letters, digits and ``_`` reach a
+``do_`` method, so no request can call anything else on the handler.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import socketserver
+import time
+from typing import TYPE_CHECKING, Any, Callable
+
+from .errors import (ChecksumError, ConnectionLost, FTPError, Forbidden, InternalError,
+                     IsADirectory, NotADirectory, ProtocolError, QuotaExceeded,
+                     UnknownCommand)
+from .protocol import (bool_field, encode_frame, error_reply, int_field, ok_reply, read_frame,
+                       text_field)
+
+
+def check_trailer(header: dict[str, Any] | None) -> dict[str, Any]:
+    """Return the trailer frame that ends a put's body.  Raises ConnectionLost if missing."""
+    if header is None:
+        raise ConnectionLost("the connection closed before the md5 trailer")
+    return header
+from .storage import Storage
+from .transfer import FileHasher, receive_body, send_body
+from .uploads import PartialUpload
+
+if TYPE_CHECKING:
+    from .server import FTPServer
+
+__all__ = ["FTPHandler"]
+
+log = logging.getLogger(__name__)
+
+_COMMAND = re.compile(r"[a-z][a-z0-9_]{0,31}")
+_MD5 = re.compile(r"[0-9a-f]{32}")
+#: Longest ``source`` tag a client may attach to a resumable put.
+MAX_SOURCE = 512
+#: Entries per ``ls`` reply frame, well inside the header limit.
+LS_BATCH = 100
+
+
+class FTPHandler(socketserver.StreamRequestHandler):
+    """Serve one connection: any number of requests, one after another."""
+
+    server: "FTPServer"
+    disable_nagle_algorithm = True
+
+    def setup(self) -> None:
+        self.timeout = self.server.config.idle_timeout
+        super().setup()
+        self.cwd = "/"
+        self.user: str | None = None
+        self.readonly = False
+        self.quota: int | None = None
+        self.storage: Storage | None = self.server.anonymous_storage
+        #: True while a request's body may be in flight: an error then ends the connection.
+        self.mid_body = False
+
+    # -- the request loop -------------------------------------------------
+
+    def handle(self) -> None:
+        peer = "%s:%s" % self.client_address[:2]
+        log.debug("%s connected", peer)
+        while True:
+            try:
+                header = read_frame(self.rfile)
+            except ProtocolError as error:
+                # The length was refused or the frame is broken: no way to resynchronise.
+                self._send_quietly(error_reply(error))
+                return
+            except (ConnectionLost, OSError):
+                return
+            if header is None:
+                return
+            self.mid_body = False
+            self.started = time.monotonic()
+            try:
+                reply = self.dispatch(header)
+            except ConnectionLost as error:
+                log.info("%s %s: %s", peer, header.get("cmd"), error)
+                return
+            except FTPError as error:
+                reply = error_reply(error)
+            except OSError as error:
+                if not self.mid_body:
+                    log.info("%s %s: connection lost: %s", peer, header.get("cmd"), error)
+                    return
+                log.error("%s %s: %s", peer, header.get("cmd"), error)
+                reply = error_reply(InternalError(f"server cannot write the file: {error.strerror}"))
+            except Exception:
+                log.exception("%s %s failed", peer, header.get("cmd"))
+                reply = error_reply(InternalError("internal server error"))
+            if reply is not None:
+                if not reply["ok"] and self.mid_body:
+                    # Body bytes may still be on their way: the stream cannot be resynchronised.
+                    self._send_quietly(reply)
+                    return
+                self.send(reply)
+
+    def dispatch(self, header: dict[str, Any]) -> dict[str, Any] | None:
+        """Find the handler method for ``header['cmd']`` and call it.
+
+        Raises UnknownCommand for any name that is not a ``do_`` command.
+        """
+        command = header.get("cmd")
+        if not isinstance(command, str) or not _COMMAND.fullmatch(command):
+            raise UnknownCommand(f"unknown command {str(command)[:40]!r}")
+        method: Callable[[dict[str, Any]], dict[str, Any] | None] | None = getattr(
+            self, "do_" + command, None)
+        if method is None:
+            raise UnknownCommand(f"unknown command {command!r}")
+        return method(header)
+
+    def send(self, header: dict[str, Any]) -> None:
+        """Send one header frame."""
+        self.wfile.write(encode_frame(header))
+
+    def _send_quietly(self, header: dict[str, Any]) -> None:
+        try:
+            self.send(header)
+        except OSError:
+            pass
+
+    # -- helpers ------------------------------------------------------------
+
+    def _session_storage(self) -> Storage:
+        if self.storage is None:
+            raise Forbidden("log in first")
+        return self.storage
+
+    def _writable(self) -> Storage:
+        storage = self._session_storage()
+        if self.readonly:
+            raise Forbidden("this account is read-only")
+        return storage
+
+    # -- commands -----------------------------------------------------------
+
+    def do_ls(self, header: dict[str, Any]) -> dict[str, Any]:
+        """List a folder: entries come in batches, ``more`` is true on all but the last."""
+        storage = self._session_storage()
+        vpath = storage.virtual(self.cwd, text_field(header, "path", ""))
+        entries = [entry.to_json() for entry in storage.listdir(vpath)]
+        batches = [entries[i:i + LS_BATCH] for i in range(0, len(entries), LS_BATCH)] or [[]]
+        for batch in batches[:-1]:
+            self.send(ok_reply(path=vpath, entries=batch, more=True))
+        return ok_reply(path=vpath, entries=batches[-1], more=False)
+
+    def do_stat(self, header: dict[str, Any]) -> dict[str, Any]:
+        """Describe one file or folder; with ``md5`` true, a file's md5 too."""
+        storage = self._session_storage()
+        vpath = storage.virtual(self.cwd, text_field(header, "path"))
+        entry = storage.stat(vpath)
+        reply = ok_reply(path=vpath, entry=entry.to_json())
+        if bool_field(header, "md5") and entry.type == "file":
+            reply["md5"] = self.server.file_md5(storage.real(vpath))
+        return reply
+
+    def do_get(self, header: dict[str, Any]) -> None:
+        """Send a file from ``offset``: reply header, the raw bytes, then a trailer with the md5."""
+        storage = self._session_storage()
+        vpath = storage.virtual(self.cwd, text_field(header, "filename"))
+        offset = int_field(header, "offset", 0)
+        source = text_field(header, "source", None)
+        with storage.open_read(vpath) as file:
+            size, tag = self.server.identify(file)
+            if offset > size or (offset and source != tag):
+                offset = 0  # the file changed since the partial was started: restart
+            md5 = self.server.md5_cache.get(file)
+            hasher = None if md5 else FileHasher(file, size)
+            self.send(ok_reply(filename=vpath, filesize=size, offset=offset, source=tag))
+            try:
+                send_body(self.connection, file, offset, size - offset)
+            finally:
+                if hasher:
+                    md5 = self.server.md5_cache.put(file, hasher.result())
+        self.server.log_transfer(self, "get", vpath, size - offset)
+        self.send(ok_reply(md5=md5))
+
+    def do_put(self, header: dict[str, Any]) -> dict[str, Any]:
+        """Receive a file into a partial, verify its md5, then rename it into place.
+
+        Without ``resume`` this is the tutorial's one-shot put: the body follows
+        the header at once, so an error found first ends the connection.
+        """
+        resumable = header.get("resume") is True
+        self.mid_body = not resumable
+        name = text_field(header, "filename")
+        size = int_field(header, "filesize")
+        declared = text_field(header, "md5", None)
+        if declared is not None and not _MD5.fullmatch(declared.lower()):
+            raise ProtocolError("field 'md5' must be 32 hex digits")
+        source = text_field(header, "source", None)
+        if source is not None and len(source) > MAX_SOURCE:
+            raise ProtocolError(f"field 'source' is over {MAX_SOURCE} characters")
+        restart = bool_field(header, "restart")
+        storage = self._writable()
+        vpath, final = storage.resolve(self.cwd, name)
+        if final.is_dir():
+            raise IsADirectory(f"{vpath} is a folder")
+        upload = PartialUpload(*storage.partial_paths(vpath))
+        with self.server.claim(upload.path, vpath):
+            offset = upload.prepare(size, source if resumable else None, restart)
+            self._check_quota(storage, size - offset)
+            if resumable:
+                self.send(ok_reply(filename=vpath, offset=offset))
+                self.mid_body = True
+            try:
+                md5 = self._receive(upload, size, offset)
+            except BaseException:
+                if not resumable:
+                    upload.discard()  # a one-shot put has no source tag to resume by
+                raise
+            self.mid_body = False
+            if resumable:
+                declared = text_field(check_trailer(read_frame(self.rfile)), "md5")
+            if declared is not None and md5 != declared.lower():
+                upload.discard()
+                raise ChecksumError(f"checksum mismatch for {vpath}: received {md5}, "
+                                    f"the client's is {declared.lower()}")
+            upload.commit(final, sync=self.server.sync_uploads)
+        self.server.log_transfer(self, "put", vpath, size - offset)
+        return ok_reply(filename=vpath, filesize=size, md5=md5)
+
+    def _receive(self, upload: PartialUpload, size: int, offset: int) -> str:
+        """Append the body to the partial and return the md5 of the whole file."""
+        hasher = FileHasher(upload.path, size, available=offset)
+        try:
+            with open(upload.path, "r+b", buffering=0) as file:
+                file.seek(offset)
+                receive_body(self.rfile, file, size - offset, self.server.config.buffer_size,
+                             hasher.advance)
+        except BaseException:
+            hasher.cancel()
+            raise
+        return hasher.result()
+
+    def _check_quota(self, storage: Storage, incoming: int) -> None:
+        if self.quota is None:
+            return
+        if storage.usage() + incoming > self.quota:
+            raise QuotaExceeded(f"quota of {self.quota} bytes exceeded")
+
+    def do_pwd(self, header: dict[str, Any]) -> dict[str, Any]:
+        """Return the session's current folder."""
+        self._session_storage()
+        return ok_reply(path=self.cwd)
+
+    def do_cd(self, header: dict[str, Any]) -> dict[str, Any]:
+        """Change the session's current folder."""
+        storage = self._session_storage()
+        vpath = storage.virtual(self.cwd, text_field(header, "path", "/"))
+        if storage.stat(vpath).type != "dir":
+            raise NotADirectory(f"{vpath} is not a folder")
+        self.cwd = vpath
+        return ok_reply(path=vpath)
+
+    def do_mkdir(self, header: dict[str, Any]) -> dict[str, Any]:
+        """Create one folder (its parent must exist)."""
+        storage = self._writable()
+        vpath = storage.virtual(self.cwd, text_field(header, "path"))
+        storage.mkdir(vpath)
+        return ok_reply(path=vpath)
+
+    def do_rm(self, header: dict[str, Any]) -> dict[str, Any]:
+        """Remove a file or an empty folder."""
+        storage = self._writable()
+        vpath = storage.virtual(self.cwd, text_field(header, "path"))
+        storage.remove(vpath)
+        return ok_reply(path=vpath)
+
+    def do_mv(self, header: dict[str, Any]) -> dict[str, Any]:
+        """Rename a file or folder within the root."""
+        storage = self._writable()
+        source = storage.virtual(self.cwd, text_field(header, "path"))
+        target = storage.virtual(self.cwd, text_field(header, "to"))
+        storage.rename(source, target)
+        return ok_reply(path=source, to=target)

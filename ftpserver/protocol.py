@@ -1,0 +1,197 @@
+"""The wire format, with no sockets: frames, field checks, replies, digests.
+
+A frame is a 4-byte unsigned little-endian length N followed by N bytes of a
+UTF-8 JSON object (the header); N is at most :data:`MAX_HEADER`.  Raw file
+bytes may follow a header, as the command says (docs/PROTOCOL.md).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from typing import IO, Any, Callable, Protocol
+
+from .errors import ConnectionLost, FTPError, ProtocolError, error_for_code
+
+__all__ = [
+    "MAX_HEADER", "LENGTH", "CHUNK_SIZE", "HASH_BLOCK", "encode_frame", "decode_header",
+    "parse_frame", "read_frame", "read_exact", "ok_reply", "error_reply", "check_reply",
+    "text_field", "int_field", "bool_field", "new_digest", "hash_file",
+]
+
+MAX_HEADER = 65536
+LENGTH = struct.Struct("<I")
+CHUNK_SIZE = 64 * 1024
+#: Bytes per read when hashing a file from disk; large reads keep hashing near its limit.
+HASH_BLOCK = 1024 * 1024
+_MAX_INT = 2**63 - 1
+_MISSING: Any = object()
+
+
+class Readable(Protocol):
+    def read(self, n: int = ..., /) -> bytes: ...
+
+
+def encode_frame(header: dict[str, Any]) -> bytes:
+    """Return the frame for ``header``.
+
+    Raises ProtocolError if the header is too long to send.
+    """
+    payload = json.dumps(header, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    if len(payload) > MAX_HEADER:
+        raise ProtocolError(f"header of {len(payload)} bytes is over the {MAX_HEADER}-byte limit")
+    return LENGTH.pack(len(payload)) + payload
+
+
+def decode_header(payload: bytes) -> dict[str, Any]:
+    """Return the JSON object held in ``payload``.
+
+    Raises ProtocolError if it is not UTF-8 JSON holding an object.
+    """
+    try:
+        header = json.loads(payload.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ProtocolError("header is not valid UTF-8") from None
+    except (ValueError, RecursionError):
+        raise ProtocolError("header is not valid JSON") from None
+    if not isinstance(header, dict):
+        raise ProtocolError("header is not a JSON object")
+    return header
+
+
+def _check_length(raw: bytes) -> int:
+    (length,) = LENGTH.unpack(raw)
+    if length > MAX_HEADER:
+        raise ProtocolError(f"header length {length} is over the {MAX_HEADER}-byte limit")
+    return length
+
+
+def parse_frame(buffer: bytes | bytearray | memoryview) -> tuple[dict[str, Any] | None, int]:
+    """Parse one frame from the start of a growing buffer.
+
+    Returns ``(header, consumed)``, or ``(None, 0)`` while more data is needed.
+    Raises ProtocolError for an over-long length or a bad header.
+    """
+    if len(buffer) < LENGTH.size:
+        return None, 0
+    length = _check_length(bytes(buffer[:LENGTH.size]))
+    end = LENGTH.size + length
+    if len(buffer) < end:
+        return None, 0
+    return decode_header(bytes(buffer[LENGTH.size:end])), end
+
+
+def read_exact(stream: Readable, n: int) -> bytes:
+    """Read exactly ``n`` bytes.  Raises ConnectionLost if the stream ends first."""
+    data = stream.read(n)
+    if len(data) == n:
+        return data
+    parts = [data]
+    got = len(data)
+    while got < n:
+        more = stream.read(n - got)
+        if not more:
+            raise ConnectionLost(f"connection closed after {got} of {n} bytes")
+        parts.append(more)
+        got += len(more)
+    return b"".join(parts)
+
+
+def read_frame(stream: Readable) -> dict[str, Any] | None:
+    """Read one frame from a binary stream.
+
+    Returns None on a clean end of stream before the first byte.
+    Raises ConnectionLost if the stream ends inside a frame, ProtocolError for a bad frame.
+    """
+    first = stream.read(LENGTH.size)
+    if not first:
+        return None
+    if len(first) < LENGTH.size:
+        first += read_exact(stream, LENGTH.size - len(first))
+    return decode_header(read_exact(stream, _check_length(first)))
+
+
+def ok_reply(**fields: Any) -> dict[str, Any]:
+    """Return a success header carrying ``fields``."""
+    return {"ok": True, **fields}
+
+
+def error_reply(error: FTPError) -> dict[str, Any]:
+    """Return the error header for ``error``."""
+    return {"ok": False, "error": error.code, "message": error.message}
+
+
+def check_reply(header: dict[str, Any] | None) -> dict[str, Any]:
+    """Return a success header; raise the error an error header reports.
+
+    Raises ConnectionLost for a missing reply, ProtocolError for a reply without ``ok``.
+    """
+    if header is None:
+        raise ConnectionLost("the server closed the connection")
+    ok = header.get("ok")
+    if ok is True:
+        return header
+    if ok is False:
+        raise error_for_code(header.get("error"), header.get("message"))
+    raise ProtocolError("reply has no 'ok' field")
+
+
+def text_field(header: dict[str, Any], key: str, default: Any = _MISSING) -> str:
+    """Return the string field ``key``.  Raises ProtocolError if missing or not a string."""
+    value = header.get(key, default)
+    if value is _MISSING:
+        raise ProtocolError(f"missing field '{key}'")
+    if not isinstance(value, str) and value is not default:
+        raise ProtocolError(f"field '{key}' must be a string")
+    return value
+
+
+def int_field(header: dict[str, Any], key: str, default: Any = _MISSING,
+              low: int = 0, high: int = _MAX_INT) -> int:
+    """Return the integer field ``key`` within ``[low, high]``.
+
+    Raises ProtocolError if missing, not an integer or out of range.
+    """
+    value = header.get(key, default)
+    if value is _MISSING:
+        raise ProtocolError(f"missing field '{key}'")
+    if value is default:
+        return value
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ProtocolError(f"field '{key}' must be an integer")
+    if not low <= value <= high:
+        raise ProtocolError(f"field '{key}' must be between {low} and {high}")
+    return value
+
+
+def bool_field(header: dict[str, Any], key: str, default: bool = False) -> bool:
+    """Return the boolean field ``key``.  Raises ProtocolError if not a boolean."""
+    value = header.get(key, default)
+    if not isinstance(value, bool):
+        raise ProtocolError(f"field '{key}' must be true or false")
+    return value
+
+
+def new_digest() -> "hashlib._Hash":
+    """Return a fresh md5 object: the end-to-end check of every transfer."""
+    return hashlib.md5()
+
+
+def hash_file(file: IO[bytes], digest: "hashlib._Hash", start: int, stop: int,
+              progress: Callable[[int], None] | None = None) -> None:
+    """Feed bytes ``[start, stop)`` of ``file`` into ``digest``.
+
+    Raises EOFError if the file is shorter than ``stop``; OSError as reading does.
+    """
+    file.seek(start)
+    buffer = bytearray(HASH_BLOCK)
+    view = memoryview(buffer)
+    remaining = stop - start
+    while remaining > 0:
+        got = file.readinto(view[:min(remaining, HASH_BLOCK)])  # type: ignore[attr-defined]
+        if not got:
+            raise EOFError(f"file ended {remaining} bytes early")
+        digest.update(view[:got])
+        remaining -= got
+        if progress:
+            progress(got)

@@ -1,0 +1,167 @@
+"""The server: a threaded TCP server holding the configuration and the shared state.
+
+In the shape of the tutorial's MYTCPServer and the standard library's
+socketserver: tunables are class attributes, each connection gets an
+:class:`~ftpserver.handler.FTPHandler` in its own thread.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import socketserver
+import threading
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO, Iterator
+
+from .config import Config
+from .errors import Busy
+from .handler import FTPHandler
+from .protocol import encode_frame, error_reply
+from .storage import Storage
+from .transfer import FileHasher
+from .uploads import sweep_partials
+
+if TYPE_CHECKING:
+    from .handler import FTPHandler as Handler
+
+__all__ = ["FTPServer", "DigestCache"]
+
+log = logging.getLogger(__name__)
+
+
+class DigestCache:
+    """md5 of files recently sent, keyed by inode, size and modification time."""
+
+    def __init__(self, capacity: int = 4096) -> None:
+        self._capacity = capacity
+        self._entries: OrderedDict[tuple[int, int, int, int], str] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _key(file: BinaryIO) -> tuple[int, int, int, int]:
+        st = os.fstat(file.fileno())
+        return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+    def get(self, file: BinaryIO) -> str | None:
+        """Return the remembered md5 of an open file, or None."""
+        with self._lock:
+            return self._entries.get(self._key(file))
+
+    def put(self, file: BinaryIO, md5: str) -> str:
+        """Remember the md5 of an open file and return it."""
+        key = self._key(file)
+        with self._lock:
+            self._entries[key] = md5
+            self._entries.move_to_end(key)
+            while len(self._entries) > self._capacity:
+                self._entries.popitem(last=False)
+        return md5
+
+
+class FTPServer(socketserver.ThreadingTCPServer):
+    """Serve the storage roots that ``config`` names."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128
+    #: fsync each upload before it takes its final name, so a crash never leaves it short.
+    sync_uploads = True
+    #: Seconds between sweeps for abandoned partial uploads (at most).
+    sweep_interval = 3600.0
+
+    def __init__(self, config: Config, handler: type["Handler"] = FTPHandler,
+                 bind_and_activate: bool = True) -> None:
+        self.config = config
+        if ":" in config.host:
+            self.address_family = socket.AF_INET6
+        self.anonymous_storage = Storage(config.root) if config.anonymous else None
+        self.md5_cache = DigestCache()
+        self._claims: set[Path] = set()
+        self._claims_lock = threading.Lock()
+        self._connections = threading.BoundedSemaphore(config.max_connections)
+        self._stopping = threading.Event()
+        super().__init__((config.host, config.port), handler, bind_and_activate)
+
+    # -- connections ----------------------------------------------------------
+
+    def process_request(self, request: socket.socket, client_address: tuple) -> None:  # type: ignore[override]
+        """Hook: refuse a connection over ``max_connections`` with ``busy``."""
+        if not self._connections.acquire(blocking=False):
+            with contextlib.suppress(OSError):
+                request.sendall(encode_frame(error_reply(Busy("too many connections, try later"))))
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: socket.socket, client_address: tuple) -> None:  # type: ignore[override]
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._connections.release()
+
+    def serve_forever(self, poll_interval: float = 0.5) -> None:
+        """Serve until :meth:`shutdown`, sweeping abandoned partial uploads meanwhile."""
+        sweeper = threading.Thread(target=self._sweep_loop, name="sweeper", daemon=True)
+        sweeper.start()
+        try:
+            super().serve_forever(poll_interval)
+        finally:
+            self._stopping.set()
+
+    # -- shared state for handlers --------------------------------------------
+
+    @contextlib.contextmanager
+    def claim(self, partial: Path, name: str) -> Iterator[None]:
+        """Hold ``partial`` for one writer.  Raises Busy if another holds it."""
+        with self._claims_lock:
+            if partial in self._claims:
+                raise Busy(f"{name} is being uploaded by another client")
+            self._claims.add(partial)
+        try:
+            yield
+        finally:
+            with self._claims_lock:
+                self._claims.discard(partial)
+
+    @staticmethod
+    def identify(file: BinaryIO) -> tuple[int, str]:
+        """Return an open file's size and a tag that changes whenever the file does."""
+        st = os.fstat(file.fileno())
+        return st.st_size, f"{st.st_size}-{st.st_mtime_ns}-{st.st_ino}"
+
+    def file_md5(self, path: Path) -> str:
+        """Return the md5 of a file, from the cache when it has not changed."""
+        with open(path, "rb") as file:
+            md5 = self.md5_cache.get(file)
+            if md5 is None:
+                md5 = self.md5_cache.put(file, FileHasher(file, os.fstat(file.fileno()).st_size).result())
+        return md5
+
+    def log_transfer(self, handler: "Handler", command: str, name: str, count: int) -> None:
+        """Log one completed transfer with its size and rate."""
+        seconds = max(time.monotonic() - handler.started, 1e-6)
+        log.info("%s %s %s %s %d bytes %.3fs %.1f MB/s", "%s:%s" % handler.client_address[:2],
+                 handler.user or "anonymous", command, name, count, seconds, count / seconds / 1e6)
+
+    def sweep(self) -> int:
+        """Remove abandoned partial uploads under every root; return how many."""
+        roots = [self.anonymous_storage] if self.anonymous_storage else []
+        roots += [Storage(user.root) for user in self.config.users.values()]
+        with self._claims_lock:
+            in_use = set(self._claims)
+        return sum(sweep_partials(storage.iter_partials(), self.config.partial_ttl, in_use)
+                   for storage in roots)
+
+    def _sweep_loop(self) -> None:
+        interval = min(self.sweep_interval, max(self.config.partial_ttl / 10, 1.0))
+        while True:
+            try:
+                self.sweep()
+            except OSError as error:
+                log.warning("sweeping partial uploads failed: %s", error)
+            if self._stopping.wait(interval):
+                return

@@ -1,0 +1,149 @@
+"""Moving file bodies over a socket, shared by server and client.
+
+Bodies travel in fixed buffers (memory stays flat whatever the size), and the
+md5 of the whole file is computed from disk by a :class:`FileHasher` thread, so
+hashing overlaps the network I/O and a resumed transfer hashes the bytes it
+already holds without sending them again.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from pathlib import Path
+from typing import BinaryIO, Callable
+
+from .errors import ConnectionLost
+from .protocol import HASH_BLOCK, new_digest
+
+__all__ = ["FileHasher", "receive_body", "send_body", "Progress"]
+
+#: Called with the number of bytes just moved.
+Progress = Callable[[int], None]
+#: Bytes per sendfile call: large enough to be cheap, small enough for a lively progress bar.
+SEND_SLICE = 4 * 1024 * 1024
+
+
+class FileHasher:
+    """Compute the md5 of bytes ``[0, size)`` of a file in a background thread.
+
+    The file may still be growing: the hasher never reads past the point that
+    :meth:`advance` has reported as written, so it can follow a writer.
+    """
+
+    def __init__(self, source: str | Path | BinaryIO, size: int,
+                 available: int | None = None) -> None:
+        self.size = size
+        self._available = size if available is None else available
+        self._ready = threading.Condition()
+        self._cancelled = False
+        self._error: BaseException | None = None
+        self._hexdigest: str | None = None
+        # An open file is read by position only, so its owner may use it meanwhile.
+        self._owned = None if hasattr(source, "fileno") else open(source, "rb")  # type: ignore[arg-type]
+        self._fd = (self._owned or source).fileno()  # type: ignore[union-attr]
+        self._thread = threading.Thread(target=self._run, name="md5", daemon=True)
+        self._thread.start()
+
+    def advance(self, count: int) -> None:
+        """Report ``count`` more bytes written to the file."""
+        with self._ready:
+            self._available += count
+            self._ready.notify()
+
+    def result(self) -> str:
+        """Wait for the whole file to be hashed and return the hex md5.
+
+        Raises whatever error stopped the hashing (OSError, EOFError).
+        """
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._hexdigest is not None
+        return self._hexdigest
+
+    def cancel(self) -> None:
+        """Stop hashing and release the file; :meth:`result` must not be called after."""
+        with self._ready:
+            self._cancelled = True
+            self._ready.notify()
+        self._thread.join()
+
+    def _wait_for(self, position: int) -> int:
+        """Block until bytes past ``position`` are written; return how many may be read."""
+        with self._ready:
+            while True:
+                if self._cancelled:
+                    return 0
+                ready = min(self._available, self.size) - position
+                if ready >= HASH_BLOCK or position + ready >= self.size:
+                    return min(ready, HASH_BLOCK)
+                self._ready.wait()
+
+    def _run(self) -> None:
+        digest = new_digest()
+        view = memoryview(bytearray(HASH_BLOCK))
+        position = 0
+        try:
+            while position < self.size:
+                want = self._wait_for(position)
+                if not want:
+                    return
+                got = os.preadv(self._fd, [view[:want]], position)
+                if not got:
+                    raise EOFError(f"file ended at byte {position} of {self.size}")
+                digest.update(view[:got])
+                position += got
+            self._hexdigest = digest.hexdigest()
+        except BaseException as error:  # handed to result()
+            self._error = error
+        finally:
+            if self._owned:
+                self._owned.close()
+
+
+def receive_body(stream: BinaryIO, file: BinaryIO, count: int, buffer_size: int,
+                 progress: Progress | None = None) -> None:
+    """Copy exactly ``count`` bytes from ``stream`` to ``file`` in fixed buffers.
+
+    ``progress`` is called after each write with the bytes written.
+    Raises ConnectionLost if the stream ends or fails early; OSError from writing.
+    """
+    view = memoryview(bytearray(min(buffer_size, max(count, 1))))
+    remaining = count
+    while remaining:
+        try:
+            got = stream.readinto(view[:min(remaining, len(view))])  # type: ignore[attr-defined]
+        except OSError as error:
+            raise ConnectionLost(f"connection lost with {remaining} bytes of the body missing: "
+                                 f"{error.strerror or error}") from None
+        if not got:
+            raise ConnectionLost(f"connection closed with {remaining} bytes of the body missing")
+        _write_all(file, view[:got])
+        remaining -= got
+        if progress:
+            progress(got)
+
+
+def _write_all(file: BinaryIO, data: memoryview) -> None:
+    while data:
+        written = file.write(data)
+        data = data[written:]
+
+
+def send_body(sock: socket.socket, file: BinaryIO, offset: int, count: int,
+              progress: Progress | None = None) -> None:
+    """Send ``count`` bytes of ``file`` from ``offset``, by sendfile where the OS has it.
+
+    Raises EOFError if the file is shorter than promised; OSError from the socket.
+    """
+    position, end = offset, offset + count
+    while position < end:
+        size = min(SEND_SLICE, end - position)
+        sent = sock.sendfile(file, position, size)
+        if sent != size:
+            raise EOFError(f"file ended at byte {position + sent}, {end} promised")
+        position += sent
+        if progress:
+            progress(sent)
+
