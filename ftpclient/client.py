@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
+from ftpserver.auth import ScramClient
 from ftpserver.errors import (ChecksumError, ConnectionLost, FTPError, IsADirectory, LocalError,
                               NotFound, Unreachable)
 from ftpserver.protocol import CHUNK_SIZE, check_reply, encode_frame, read_frame
@@ -109,6 +110,16 @@ class Client:
         """Send one request and return its (successful) reply header."""
         self._send({"cmd": cmd, **fields})
         return self._reply()
+
+    def login(self, user: str, password: str) -> None:
+        """Log in by SCRAM-SHA-256: the password never crosses the wire.
+
+        Raises AuthFailed for a wrong password, or a server that cannot prove it knows it.
+        """
+        scram = ScramClient(user, password)
+        challenge = self.request("login", message=scram.first())["message"]
+        reply = self.request("login", message=scram.final(challenge))
+        scram.verify(reply["message"])
 
     # -- simple commands ----------------------------------------------------
 

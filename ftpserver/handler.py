@@ -12,9 +12,11 @@ import logging
 import re
 import socketserver
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from .errors import (ChecksumError, ConnectionLost, FTPError, Forbidden, InternalError,
+from .auth import ScramServer
+from .errors import (AuthFailed, ChecksumError, ConnectionLost, FTPError, Forbidden, InternalError,
                      IsADirectory, NotADirectory, ProtocolError, QuotaExceeded,
                      UnknownCommand)
 from .protocol import (bool_field, encode_frame, error_reply, int_field, ok_reply, read_frame,
@@ -45,6 +47,17 @@ MAX_SOURCE = 512
 LS_BATCH = 100
 
 
+def _size_of(path: Path) -> int:
+    try:
+        return path.stat().st_size if path.is_file() else 0
+    except OSError:
+        return 0
+
+
+def _mib(size: int) -> str:
+    return f"{size / 1048576:.1f} MiB"
+
+
 class FTPHandler(socketserver.StreamRequestHandler):
     """Serve one connection: any number of requests, one after another."""
 
@@ -59,6 +72,7 @@ class FTPHandler(socketserver.StreamRequestHandler):
         self.readonly = False
         self.quota: int | None = None
         self.storage: Storage | None = self.server.anonymous_storage
+        self._scram: ScramServer | None = None
         #: True while a request's body may be in flight: an error then ends the connection.
         self.mid_body = False
 
@@ -131,7 +145,7 @@ class FTPHandler(socketserver.StreamRequestHandler):
 
     def _session_storage(self) -> Storage:
         if self.storage is None:
-            raise Forbidden("log in first")
+            raise AuthFailed("this server has no anonymous access: log in with -u USER")
         return self.storage
 
     def _writable(self) -> Storage:
@@ -206,8 +220,8 @@ class FTPHandler(socketserver.StreamRequestHandler):
             raise IsADirectory(f"{vpath} is a folder")
         upload = PartialUpload(*storage.partial_paths(vpath))
         with self.server.claim(upload.path, vpath):
+            self._check_quota(storage, size, upload, final)
             offset = upload.prepare(size, source if resumable else None, restart)
-            self._check_quota(storage, size - offset)
             if resumable:
                 self.send(ok_reply(filename=vpath, offset=offset))
                 self.mid_body = True
@@ -241,11 +255,40 @@ class FTPHandler(socketserver.StreamRequestHandler):
             raise
         return hasher.result()
 
-    def _check_quota(self, storage: Storage, incoming: int) -> None:
+    def _check_quota(self, storage: Storage, size: int, upload: PartialUpload, final: Path) -> None:
+        """Refuse a put that would take the user over quota (the file it replaces not counted)."""
         if self.quota is None:
             return
-        if storage.usage() + incoming > self.quota:
-            raise QuotaExceeded(f"quota of {self.quota} bytes exceeded")
+        used = storage.usage() - _size_of(upload.path) - _size_of(final)
+        if used + size > self.quota:
+            raise QuotaExceeded(f"quota exceeded: {_mib(used)} of {_mib(self.quota)} used, "
+                                f"the file needs {_mib(size)}")
+
+    def do_login(self, header: dict[str, Any]) -> dict[str, Any]:
+        """One step of a SCRAM-SHA-256 login: client-first, then client-final."""
+        message = text_field(header, "message")
+        address = self.client_address[0]
+        if self._scram is None:
+            time.sleep(self.server.throttle.delay(address))
+            accounts = self.server.accounts
+            scram = ScramServer(lambda name: accounts[name].keys if name in accounts else None,
+                                self.server.login_secret)
+            challenge = scram.first(message)
+            self._scram = scram
+            return ok_reply(message=challenge)
+        scram, self._scram = self._scram, None
+        try:
+            signature = scram.final(message)
+        except AuthFailed:
+            self.server.throttle.failed(address)
+            log.warning("%s: failed login as %r", address, scram.user)
+            raise AuthFailed(f"login failed for user {scram.user!r}") from None
+        self.server.throttle.succeeded(address)
+        account = self.server.accounts[scram.user]  # type: ignore[index]
+        self.user, self.storage, self.cwd = account.user.name, account.storage, "/"
+        self.readonly, self.quota = account.user.readonly, account.user.quota
+        log.info("%s: logged in as %s", address, self.user)
+        return ok_reply(message=signature, user=self.user)
 
     def do_pwd(self, header: dict[str, Any]) -> dict[str, Any]:
         """Return the session's current folder."""

@@ -14,11 +14,13 @@ import socketserver
 import threading
 import time
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Iterator
 
-from .config import Config
-from .errors import Busy
+from .auth import LoginThrottle, StoredKeys, parse_stored
+from .config import Config, User
+from .errors import Busy, ConfigError
 from .handler import FTPHandler
 from .protocol import encode_frame, error_reply
 from .storage import Storage
@@ -28,7 +30,7 @@ from .uploads import sweep_partials
 if TYPE_CHECKING:
     from .handler import FTPHandler as Handler
 
-__all__ = ["FTPServer", "DigestCache"]
+__all__ = ["FTPServer", "DigestCache", "Account"]
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +64,22 @@ class DigestCache:
         return md5
 
 
+@dataclass(frozen=True)
+class Account:
+    """A user as the server needs it: settings, password keys, storage."""
+
+    user: User
+    keys: StoredKeys
+    storage: Storage
+
+
+def _parse_keys(user: User) -> StoredKeys:
+    try:
+        return parse_stored(user.password)
+    except ConfigError as error:
+        raise ConfigError(f"users.{user.name}.{error}") from None
+
+
 class FTPServer(socketserver.ThreadingTCPServer):
     """Serve the storage roots that ``config`` names."""
 
@@ -79,6 +97,10 @@ class FTPServer(socketserver.ThreadingTCPServer):
         if ":" in config.host:
             self.address_family = socket.AF_INET6
         self.anonymous_storage = Storage(config.root) if config.anonymous else None
+        self.accounts = {name: Account(user, _parse_keys(user), Storage(user.root))
+                         for name, user in config.users.items()}
+        self.login_secret = os.urandom(32)
+        self.throttle = LoginThrottle()
         self.md5_cache = DigestCache()
         self._claims: set[Path] = set()
         self._claims_lock = threading.Lock()
@@ -150,7 +172,7 @@ class FTPServer(socketserver.ThreadingTCPServer):
     def sweep(self) -> int:
         """Remove abandoned partial uploads under every root; return how many."""
         roots = [self.anonymous_storage] if self.anonymous_storage else []
-        roots += [Storage(user.root) for user in self.config.users.values()]
+        roots += [account.storage for account in self.accounts.values()]
         with self._claims_lock:
             in_use = set(self._claims)
         return sum(sweep_partials(storage.iter_partials(), self.config.partial_ttl, in_use)
