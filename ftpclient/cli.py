@@ -7,7 +7,7 @@ import sys
 from typing import Callable, Sequence
 
 from ftpserver import __version__
-from ftpserver.errors import FTPError
+from ftpserver.errors import FTPError, LocalError
 
 from .client import DEFAULT_PORT, Client
 from .listing import format_columns, format_json, format_long
@@ -32,6 +32,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("-H", "--host", default="127.0.0.1", help="server address (default 127.0.0.1)")
     parser.add_argument("-p", "--port", type=int, default=DEFAULT_PORT, help=f"server port (default {DEFAULT_PORT})")
     parser.add_argument("-u", "--user", help="log in as USER (password from FTP_PASSWORD or a prompt)")
+    parser.add_argument("--tls", action="store_true", help="connect with TLS (the server needs tls: in config.yaml)")
+    parser.add_argument("--cafile", metavar="FILE", help="trust this certificate (implies --tls)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--version", action="version", version=f"ftpclient {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -62,9 +64,18 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def connect(host: str, port: int, user: str | None) -> Client:
-    """Open a connection and log in when ``user`` is given.  Raises FTPError."""
-    client = Client(host, port)
+def connect(host: str, port: int, user: str | None, tls: bool = False,
+            cafile: str | None = None) -> Client:
+    """Open a connection (TLS if asked) and log in when ``user`` is given.  Raises FTPError."""
+    context = None
+    if tls or cafile:
+        import ssl
+
+        try:
+            context = ssl.create_default_context(cafile=cafile)
+        except (OSError, ssl.SSLError) as error:
+            raise LocalError(f"cannot load {cafile}: {getattr(error, 'strerror', None) or error}") from None
+    client = Client(host, port, tls=context)
     if user:
         try:
             client.login(user, _password())
@@ -125,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one command (or the shell); return the exit status."""
     args = _parser().parse_args(argv)
     try:
-        with connect(args.host, args.port, args.user) as client:
+        with connect(args.host, args.port, args.user, args.tls, args.cafile) as client:
             if args.command is None:
                 from .shell import run_shell
                 return run_shell(client, quiet=args.quiet)

@@ -10,6 +10,7 @@ import json
 import os
 import posixpath
 import socket
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
@@ -66,13 +67,21 @@ class Client:
     """A connection to an ftpserver."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = DEFAULT_PORT, *,
-                 timeout: float | None = 60.0, buffer_size: int = CHUNK_SIZE) -> None:
+                 timeout: float | None = 60.0, buffer_size: int = CHUNK_SIZE,
+                 tls: ssl.SSLContext | None = None) -> None:
         self.host, self.port, self.buffer_size = host, port, buffer_size
         try:
             self._sock = socket.create_connection((host, port), timeout=timeout)
         except OSError as error:
             raise Unreachable(f"server unreachable at {host}:{port}: "
                               f"{error.strerror or error}") from None
+        if tls:
+            try:
+                self._sock = tls.wrap_socket(self._sock, server_hostname=host)
+            except (OSError, ssl.SSLError) as error:
+                self._sock.close()
+                raise Unreachable(f"TLS with {host}:{port} failed: "
+                                  f"{getattr(error, 'reason', None) or error}") from None
         self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._reader = self._sock.makefile("rb")
 

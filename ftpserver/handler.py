@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import re
 import socketserver
+import ssl
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -67,6 +68,8 @@ class FTPHandler(socketserver.StreamRequestHandler):
     def setup(self) -> None:
         self.timeout = self.server.config.idle_timeout
         super().setup()
+        if isinstance(self.connection, ssl.SSLSocket):
+            self._handshake()
         self.cwd = "/"
         self.user: str | None = None
         self.readonly = False
@@ -76,9 +79,19 @@ class FTPHandler(socketserver.StreamRequestHandler):
         #: True while a request's body may be in flight: an error then ends the connection.
         self.mid_body = False
 
+    def _handshake(self) -> None:
+        try:
+            self.connection.do_handshake()  # type: ignore[attr-defined]
+            self.tls_ok = True
+        except (OSError, ssl.SSLError) as error:
+            log.info("%s: TLS handshake failed: %s", self.client_address[0], error)
+            self.tls_ok = False
+
     # -- the request loop -------------------------------------------------
 
     def handle(self) -> None:
+        if not getattr(self, "tls_ok", True):
+            return
         peer = "%s:%s" % self.client_address[:2]
         log.debug("%s connected", peer)
         while True:

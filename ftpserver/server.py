@@ -11,6 +11,7 @@ import logging
 import os
 import socket
 import socketserver
+import ssl
 import threading
 import time
 from collections import OrderedDict
@@ -80,6 +81,17 @@ def _parse_keys(user: User) -> StoredKeys:
         raise ConfigError(f"users.{user.name}.{error}") from None
 
 
+def _tls_context(config: Config) -> ssl.SSLContext:
+    assert config.tls is not None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(config.tls.cert, config.tls.key)
+    except (OSError, ssl.SSLError) as error:
+        raise ConfigError(f"tls: cannot load {config.tls.cert} / {config.tls.key}: "
+                          f"{getattr(error, 'strerror', None) or error}") from None
+    return context
+
+
 class FTPServer(socketserver.ThreadingTCPServer):
     """Serve the storage roots that ``config`` names."""
 
@@ -106,9 +118,17 @@ class FTPServer(socketserver.ThreadingTCPServer):
         self._claims_lock = threading.Lock()
         self._connections = threading.BoundedSemaphore(config.max_connections)
         self._stopping = threading.Event()
+        self.tls = _tls_context(config) if config.tls else None
         super().__init__((config.host, config.port), handler, bind_and_activate)
 
     # -- connections ----------------------------------------------------------
+
+    def get_request(self) -> tuple[socket.socket, tuple]:  # type: ignore[override]
+        """Hook: wrap the connection in TLS when configured (the handshake runs in its thread)."""
+        request, address = super().get_request()
+        if self.tls:
+            request = self.tls.wrap_socket(request, server_side=True, do_handshake_on_connect=False)
+        return request, address
 
     def process_request(self, request: socket.socket, client_address: tuple) -> None:  # type: ignore[override]
         """Hook: refuse a connection over ``max_connections`` with ``busy``."""
