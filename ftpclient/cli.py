@@ -9,9 +9,10 @@ from typing import Callable, Sequence
 from ftpserver import __version__
 from ftpserver.errors import FTPError, LocalError
 
+from .batch import has_pattern, plan_get, plan_put, run_batch
 from .client import DEFAULT_PORT, Client
 from .listing import format_columns, format_json, format_long
-from .progress import ProgressBar
+from .progress import BatchBar, ProgressBar
 
 __all__ = ["main", "connect"]
 
@@ -42,13 +43,19 @@ def _parser() -> argparse.ArgumentParser:
         return sub.add_parser(name, help=help, description=help, epilog=f"example:\n  {example}",
                               formatter_class=argparse.RawDescriptionHelpFormatter)
 
-    put = command("put", "upload a file", "ftpclient put report.pdf docs/")
-    put.add_argument("local", metavar="LOCAL")
-    put.add_argument("remote", metavar="REMOTE", nargs="?")
+    put = command("put", "upload files (several, patterns, or folders with -r)",
+                  "ftpclient put report.pdf docs/\n  ftpclient put -r photos backup/")
+    put.add_argument("paths", metavar="LOCAL [REMOTE]", nargs="+",
+                     help="one file and its remote name or folder; or several sources, the last "
+                          "argument naming the remote folder")
+    put.add_argument("-r", "--recursive", action="store_true", help="copy folders and all they hold")
     put.add_argument("--restart", action="store_true", help="start from zero, not from a partial upload")
-    get = command("get", "download a file", "ftpclient get docs/report.pdf ~/Downloads/")
-    get.add_argument("remote", metavar="REMOTE")
-    get.add_argument("local", metavar="LOCAL", nargs="?")
+    get = command("get", "download files (several, patterns like '*.iso', or folders with -r)",
+                  "ftpclient get docs/report.pdf ~/Downloads/\n  ftpclient get '*.iso'")
+    get.add_argument("paths", metavar="REMOTE [LOCAL]", nargs="+",
+                     help="one file and its local name or folder; or several sources, the last "
+                          "argument naming the local folder")
+    get.add_argument("-r", "--recursive", action="store_true", help="copy folders and all they hold")
     get.add_argument("--restart", action="store_true", help="start from zero, not from a partial download")
     ls = command("ls", "list a remote folder", "ftpclient ls -l docs")
     ls.add_argument("path", metavar="REMOTE_DIR", nargs="?", default="")
@@ -94,16 +101,37 @@ def _password() -> str:
     return password
 
 
+def _split(paths: list[str]) -> tuple[list[str], str | None]:
+    """Sources and destination, as cp takes them: with two or more, the last is the destination."""
+    return (paths, None) if len(paths) == 1 else (paths[:-1], paths[-1])
+
+
+def _transfer(client: Client, args: argparse.Namespace, upload: bool) -> int:
+    sources, dest = _split(args.paths)
+    enabled = False if args.quiet else None
+    single = len(sources) == 1 and not args.recursive and not has_pattern(sources[0])
+    if single and not (upload and os.path.isdir(sources[0])):
+        name = sources[0].rstrip("/").replace(os.sep, "/").rsplit("/", 1)[-1]
+        with ProgressBar(name, enabled) as bar:
+            if upload:
+                client.put(sources[0], dest, restart=args.restart, progress=bar)
+            else:
+                client.get(sources[0], dest, restart=args.restart, progress=bar)
+        return 0
+    plan = (plan_put if upload else plan_get)(client, sources, dest, args.recursive)
+    with BatchBar(len(plan.jobs), plan.total, enabled) as bars:
+        result = run_batch(client, plan, upload, args.restart,
+                           lambda job: bars.file(job.local.name, job.size))
+    print(result.summary(), file=sys.stderr)
+    return 0 if result.ok else 1
+
+
 def _put(client: Client, args: argparse.Namespace) -> int:
-    with ProgressBar(os.path.basename(args.local), None if not args.quiet else False) as bar:
-        client.put(args.local, args.remote, restart=args.restart, progress=bar)
-    return 0
+    return _transfer(client, args, upload=True)
 
 
 def _get(client: Client, args: argparse.Namespace) -> int:
-    with ProgressBar(args.remote.rstrip("/").rsplit("/", 1)[-1], None if not args.quiet else False) as bar:
-        client.get(args.remote, args.local, restart=args.restart, progress=bar)
-    return 0
+    return _transfer(client, args, upload=False)
 
 
 def _ls(client: Client, args: argparse.Namespace) -> int:

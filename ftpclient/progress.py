@@ -2,9 +2,16 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import Any, Callable
 
-__all__ = ["ProgressBar"]
+__all__ = ["ProgressBar", "BatchBar"]
+
+
+def _tqdm(**options: Any) -> Any:
+    from tqdm import tqdm  # imported on first use: keeps start-up lean
+
+    return tqdm(unit="B", unit_scale=True, unit_divisor=1024, dynamic_ncols=True,
+                file=sys.stderr, **options)
 
 
 class ProgressBar:
@@ -12,26 +19,26 @@ class ProgressBar:
 
     The bar appears on the first call and starts at the offset given there,
     so a resumed transfer's bar starts where the transfer resumes.
+    ``on_advance`` hears of every byte counted, the resumed offset included.
     """
 
-    def __init__(self, label: str, enabled: bool | None = None) -> None:
-        self.label = label
+    def __init__(self, label: str, enabled: bool | None = None, position: int | None = None,
+                 on_advance: Callable[[int], object] | None = None) -> None:
+        self.label, self.position, self.on_advance = label, position, on_advance
         self.enabled = sys.stderr.isatty() if enabled is None else enabled
         self._bar: Any = None
-        self._done = 0
+        self.done = 0
 
     def __call__(self, done: int, total: int) -> None:
-        if not self.enabled:
-            return
-        if self._bar is None:
-            from tqdm import tqdm  # imported on first use: keeps start-up lean
-
-            self._bar = tqdm(total=total, initial=done, desc=self.label, unit="B",
-                             unit_scale=True, unit_divisor=1024, dynamic_ncols=True,
-                             file=sys.stderr, leave=True)
-        else:
-            self._bar.update(done - self._done)
-        self._done = done
+        if self.on_advance:
+            self.on_advance(done - self.done)
+        if self.enabled:
+            if self._bar is None:
+                self._bar = _tqdm(total=total, initial=done, desc=self.label,
+                                  position=self.position, leave=self.position is None)
+            else:
+                self._bar.update(done - self.done)
+        self.done = done
 
     def close(self) -> None:
         """Finish the bar (if one was drawn)."""
@@ -40,6 +47,52 @@ class ProgressBar:
             self._bar = None
 
     def __enter__(self) -> "ProgressBar":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class BatchBar:
+    """Two bars for a batch: the whole (files and bytes) and the current file."""
+
+    def __init__(self, files: int, total: int, enabled: bool | None = None) -> None:
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self.files, self.finished = files, 0
+        self._overall: Any = _tqdm(total=total, desc=self._label(), position=0) if self.enabled else None
+        self._current: ProgressBar | None = None
+        self._size = 0
+
+    def _label(self) -> str:
+        return f"{self.finished}/{self.files} files"
+
+    def file(self, label: str, size: int) -> ProgressBar | None:
+        """Start the next file's bar; return its callback (None when silent)."""
+        self._end_file()
+        if not self.enabled:
+            return None
+        self._current = ProgressBar(label, True, position=1, on_advance=self._overall.update)
+        self._size = size
+        return self._current
+
+    def _end_file(self) -> None:
+        if self._current is not None:
+            # A file found already there never reported progress: count it whole.
+            self._overall.update(self._size - self._current.done)
+            self._current.close()
+            self._current = None
+            self.finished += 1
+            self._overall.set_description(self._label())
+
+    def close(self) -> None:
+        """Finish both bars."""
+        if self._current is not None:
+            self._end_file()
+        if self._overall is not None:
+            self._overall.close()
+            self._overall = None
+
+    def __enter__(self) -> "BatchBar":
         return self
 
     def __exit__(self, *exc_info: object) -> None:

@@ -107,10 +107,11 @@ class FTPHandler(socketserver.StreamRequestHandler):
                 return
             self.mid_body = False
             self.started = time.monotonic()
+            self.subject, self.moved = None, 0
             try:
                 reply = self.dispatch(header)
             except ConnectionLost as error:
-                log.info("%s %s: %s", peer, header.get("cmd"), error)
+                self._log(peer, header, f"interrupted: {error}")
                 return
             except FTPError as error:
                 reply = error_reply(error)
@@ -123,12 +124,27 @@ class FTPHandler(socketserver.StreamRequestHandler):
             except Exception:
                 log.exception("%s %s failed", peer, header.get("cmd"))
                 reply = error_reply(InternalError("internal server error"))
+            self._log(peer, header, None if reply is None or reply["ok"] else
+                      f"failed: {reply['error']}: {reply['message']}")
             if reply is not None:
                 if not reply["ok"] and self.mid_body:
                     # Body bytes may still be on their way: the stream cannot be resynchronised.
                     self._send_quietly(reply)
                     return
                 self.send(reply)
+
+    def _log(self, peer: str, header: dict[str, Any], problem: str | None) -> None:
+        """One line per command: who, what, on which path, how many bytes, how fast."""
+        seconds = time.monotonic() - self.started
+        subject = self.subject or header.get("path") or header.get("filename") or ""
+        line = "%s %s %s %s" % (peer, self.user or "anonymous", header.get("cmd"), str(subject)[:200])
+        if problem:
+            log.info("%s %s", line, problem)
+        elif self.moved:
+            log.info("%s %d bytes %.3fs %.1f MB/s", line, self.moved, seconds,
+                     self.moved / max(seconds, 1e-6) / 1e6)
+        else:
+            log.debug("%s %.3fs", line, seconds)
 
     def dispatch(self, header: dict[str, Any]) -> dict[str, Any] | None:
         """Find the handler method for ``header['cmd']`` and call it.
@@ -207,7 +223,7 @@ class FTPHandler(socketserver.StreamRequestHandler):
             finally:
                 if hasher:
                     md5 = self.server.md5_cache.put(file, hasher.result())
-        self.server.log_transfer(self, "get", vpath, size - offset)
+        self.subject, self.moved = vpath, size - offset
         self.send(ok_reply(md5=md5))
 
     def do_put(self, header: dict[str, Any]) -> dict[str, Any]:
@@ -252,7 +268,7 @@ class FTPHandler(socketserver.StreamRequestHandler):
                 raise ChecksumError(f"checksum mismatch for {vpath}: received {md5}, "
                                     f"the client's is {declared.lower()}")
             upload.commit(final, sync=self.server.sync_uploads)
-        self.server.log_transfer(self, "put", vpath, size - offset)
+        self.subject, self.moved = vpath, size - offset
         return ok_reply(filename=vpath, filesize=size, md5=md5)
 
     def _receive(self, upload: PartialUpload, size: int, offset: int) -> str:

@@ -13,11 +13,10 @@ import socket
 import socketserver
 import ssl
 import threading
-import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Iterator
+from typing import BinaryIO, Iterator
 
 from .auth import LoginThrottle, StoredKeys, parse_stored
 from .config import Config, User
@@ -27,9 +26,6 @@ from .protocol import encode_frame, error_reply
 from .storage import Storage
 from .transfer import FileHasher
 from .uploads import sweep_partials
-
-if TYPE_CHECKING:
-    from .handler import FTPHandler as Handler
 
 __all__ = ["FTPServer", "DigestCache", "Account"]
 
@@ -103,7 +99,7 @@ class FTPServer(socketserver.ThreadingTCPServer):
     #: Seconds between sweeps for abandoned partial uploads (at most).
     sweep_interval = 3600.0
 
-    def __init__(self, config: Config, handler: type["Handler"] = FTPHandler,
+    def __init__(self, config: Config, handler: type[FTPHandler] = FTPHandler,
                  bind_and_activate: bool = True) -> None:
         self.config = config
         if ":" in config.host:
@@ -182,12 +178,6 @@ class FTPServer(socketserver.ThreadingTCPServer):
             if md5 is None:
                 md5 = self.md5_cache.put(file, FileHasher(file, os.fstat(file.fileno()).st_size).result())
         return md5
-
-    def log_transfer(self, handler: "Handler", command: str, name: str, count: int) -> None:
-        """Log one completed transfer with its size and rate."""
-        seconds = max(time.monotonic() - handler.started, 1e-6)
-        log.info("%s %s %s %s %d bytes %.3fs %.1f MB/s", "%s:%s" % handler.client_address[:2],
-                 handler.user or "anonymous", command, name, count, seconds, count / seconds / 1e6)
 
     def sweep(self) -> int:
         """Remove abandoned partial uploads under every root; return how many."""
