@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Callable, Sequence
+from typing import Callable, Sequence, TextIO
 
 from ftpserver import __version__
 from ftpserver.errors import FTPError, LocalError
@@ -14,7 +14,7 @@ from .client import DEFAULT_PORT, Client
 from .listing import format_columns, format_json, format_long
 from .progress import BatchBar, ProgressBar
 
-__all__ = ["main", "connect"]
+__all__ = ["main", "connect", "transfer"]
 
 EPILOG = """examples:
   ftpclient put movie.mkv              upload to the current remote folder
@@ -106,32 +106,40 @@ def _split(paths: list[str]) -> tuple[list[str], str | None]:
     return (paths, None) if len(paths) == 1 else (paths[:-1], paths[-1])
 
 
-def _transfer(client: Client, args: argparse.Namespace, upload: bool) -> int:
-    sources, dest = _split(args.paths)
-    enabled = False if args.quiet else None
-    single = len(sources) == 1 and not args.recursive and not has_pattern(sources[0])
+def transfer(client: Client, paths: list[str], upload: bool, *, recursive: bool = False,
+             restart: bool = False, quiet: bool = False, out: TextIO | None = None) -> bool:
+    """Run a put or get as typed: one file with its bar, or a batch with two bars and a summary.
+
+    Returns True if every file arrived.  Raises FTPError for a single file's failure
+    or a lost connection.
+    """
+    sources, dest = _split(paths)
+    enabled = False if quiet else None
+    single = len(sources) == 1 and not recursive and not has_pattern(sources[0])
     if single and not (upload and os.path.isdir(sources[0])):
         name = sources[0].rstrip("/").replace(os.sep, "/").rsplit("/", 1)[-1]
         with ProgressBar(name, enabled) as bar:
             if upload:
-                client.put(sources[0], dest, restart=args.restart, progress=bar)
+                client.put(sources[0], dest, restart=restart, progress=bar)
             else:
-                client.get(sources[0], dest, restart=args.restart, progress=bar)
-        return 0
-    plan = (plan_put if upload else plan_get)(client, sources, dest, args.recursive)
+                client.get(sources[0], dest, restart=restart, progress=bar)
+        return True
+    plan = (plan_put if upload else plan_get)(client, sources, dest, recursive)
     with BatchBar(len(plan.jobs), plan.total, enabled) as bars:
-        result = run_batch(client, plan, upload, args.restart,
+        result = run_batch(client, plan, upload, restart,
                            lambda job: bars.file(job.local.name, job.size))
-    print(result.summary(), file=sys.stderr)
-    return 0 if result.ok else 1
+    print(result.summary(), file=out or sys.stderr)
+    return result.ok
 
 
 def _put(client: Client, args: argparse.Namespace) -> int:
-    return _transfer(client, args, upload=True)
+    return 0 if transfer(client, args.paths, True, recursive=args.recursive, restart=args.restart,
+                         quiet=args.quiet) else 1
 
 
 def _get(client: Client, args: argparse.Namespace) -> int:
-    return _transfer(client, args, upload=False)
+    return 0 if transfer(client, args.paths, False, recursive=args.recursive, restart=args.restart,
+                         quiet=args.quiet) else 1
 
 
 def _ls(client: Client, args: argparse.Namespace) -> int:

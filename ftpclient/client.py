@@ -70,20 +70,43 @@ class Client:
                  timeout: float | None = 60.0, buffer_size: int = CHUNK_SIZE,
                  tls: ssl.SSLContext | None = None) -> None:
         self.host, self.port, self.buffer_size = host, port, buffer_size
+        self._timeout, self._tls = timeout, tls
+        self._credentials: tuple[str, str] | None = None
+        self._cwd: str | None = None
+        #: True while a body is in flight: an interruption then leaves the stream unusable.
+        self._mid_body = False
+        self._sock, self._reader = self._connect()
+
+    def _connect(self) -> tuple[socket.socket, BinaryIO]:
+        host, port = self.host, self.port
         try:
-            self._sock = socket.create_connection((host, port), timeout=timeout)
+            sock = socket.create_connection((host, port), timeout=self._timeout)
         except OSError as error:
             raise Unreachable(f"server unreachable at {host}:{port}: "
                               f"{error.strerror or error}") from None
-        if tls:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self._tls:
             try:
-                self._sock = tls.wrap_socket(self._sock, server_hostname=host)
+                sock = self._tls.wrap_socket(sock, server_hostname=host)
             except (OSError, ssl.SSLError) as error:
-                self._sock.close()
+                sock.close()
                 raise Unreachable(f"TLS with {host}:{port} failed: "
                                   f"{getattr(error, 'reason', None) or error}") from None
-        self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._reader = self._sock.makefile("rb")
+        return sock, sock.makefile("rb")
+
+    def reconnect(self) -> None:
+        """Open a fresh connection with the same login and remote folder.
+
+        Called by itself before the next request when a transfer was interrupted
+        mid-body (Ctrl-C in the shell), since the old stream cannot be resynchronised.
+        """
+        self.close()
+        self._mid_body = False
+        self._sock, self._reader = self._connect()
+        if self._credentials:
+            self.login(*self._credentials)
+        if self._cwd:
+            self.cd(self._cwd)
 
     def close(self) -> None:
         """Close the connection."""
@@ -99,16 +122,30 @@ class Client:
     # -- frames -------------------------------------------------------------
 
     def _send(self, header: dict[str, Any]) -> None:
+        if self._mid_body:
+            self.reconnect()
+        self._write(header)
+
+    def _write(self, header: dict[str, Any]) -> None:
         try:
             self._sock.sendall(encode_frame(header))
         except OSError as error:
             raise self._lost(error) from None
 
-    def _reply(self) -> dict[str, Any]:
+    def _read(self) -> dict[str, Any] | None:
         try:
-            return check_reply(read_frame(self._reader))
+            return read_frame(self._reader)
         except OSError as error:
             raise self._lost(error) from None
+
+    def _reply(self) -> dict[str, Any]:
+        return check_reply(self._read())
+
+    def _end_of_body(self) -> dict[str, Any]:
+        """Read the reply that ends a body: the stream is in step again, whatever it says."""
+        header = self._read()
+        self._mid_body = False
+        return check_reply(header)
 
     def _lost(self, error: OSError) -> ConnectionLost:
         if isinstance(error, TimeoutError):
@@ -129,6 +166,7 @@ class Client:
         challenge = self.request("login", message=scram.first())["message"]
         reply = self.request("login", message=scram.final(challenge))
         scram.verify(reply["message"])
+        self._credentials = (user, password)
 
     # -- simple commands ----------------------------------------------------
 
@@ -152,7 +190,8 @@ class Client:
 
     def cd(self, path: str) -> str:
         """Change the current remote folder and return it."""
-        return self.request("cd", path=path)["path"]
+        self._cwd = self.request("cd", path=path)["path"]
+        return self._cwd
 
     def mkdir(self, path: str) -> str:
         """Create a remote folder."""
@@ -220,6 +259,7 @@ class Client:
                              source=source, restart=restart)
         offset = reply["offset"]
         hasher = FileHasher(file, size)
+        self._mid_body = True
         try:
             send_body(self._sock, file, offset, size - offset, _Counter(progress, offset, size))
         except OSError as error:
@@ -229,8 +269,8 @@ class Client:
             hasher.cancel()
             raise
         md5 = hasher.result()
-        self._send({"md5": md5})
-        final = self._reply()
+        self._write({"md5": md5})
+        final = self._end_of_body()
         return TransferResult(final["filename"], path, size, offset, final["md5"])
 
     def _raise_server_error(self, error: OSError) -> None:
@@ -284,6 +324,7 @@ class Client:
         held, source = (0, None) if restart else partial.resumable()
         self._send({"cmd": "get", "filename": remote, "offset": held, "source": source})
         reply = self._reply()
+        self._mid_body = True
         size, offset = reply["filesize"], reply["offset"]
         partial.start(reply["filename"], reply["source"], size, offset)
         hasher = FileHasher(partial.path, size, available=offset)
@@ -292,7 +333,7 @@ class Client:
                 file.seek(offset)
                 receive_body(self._reader, file, size - offset, self.buffer_size,
                              _Counter(progress, offset, size, hasher.advance))
-            trailer = self._reply()
+            trailer = self._end_of_body()
         except OSError as error:
             hasher.cancel()
             raise LocalError(f"cannot write {partial.path}: {error.strerror}") from None

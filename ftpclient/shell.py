@@ -1,24 +1,32 @@
-"""The interactive shell: ``ftp> `` with put, get, ls, cd, pwd, mkdir, rm, mv, help, quit.
+"""The interactive shell: ``ftp> `` with remote and local commands, help and completion.
 
 A thin :class:`cmd.Cmd` over :class:`~ftpclient.client.Client`: each ``do_*``
-docstring is its help; errors print one line and the shell goes on.  When
-standard input is not a terminal, commands are read from it without a prompt,
-so a script can pipe them in; the exit status then says whether all succeeded.
+docstring is its help; an error prints one line and the shell goes on; Ctrl-C
+cancels the running transfer (which stays resumable) without leaving the shell;
+Ctrl-D quits.  When standard input is not a terminal, commands are read from it
+without a prompt, so a script can pipe them in; the exit status then says
+whether all of them succeeded.
 """
 from __future__ import annotations
 
 import cmd
+import glob
+import inspect
+import os
 import shlex
 import sys
+from pathlib import Path
 from typing import IO, Any, Callable
 
 from ftpserver.errors import FTPError
 
+from .cli import transfer
 from .client import Client
 from .listing import format_columns, format_long
-from .progress import ProgressBar
 
 __all__ = ["FTPShell", "run_shell"]
+
+HISTORY = Path("~/.ftpclient_history")
 
 
 def _command(method: Callable[["FTPShell", list[str]], None]) -> Callable[["FTPShell", str], None]:
@@ -30,17 +38,28 @@ def _command(method: Callable[["FTPShell", list[str]], None]) -> Callable[["FTPS
             self.fail(f"{method.__name__[3:]}: {error}")
         except FTPError as error:
             self.fail(str(error))
+        except OSError as error:
+            self.fail(f"{error.filename or ''}: {error.strerror or error}".lstrip(": "))
         except KeyboardInterrupt:
             self.fail("interrupted; run the same command again to resume")
     run.__name__, run.__doc__ = method.__name__, method.__doc__
     return run
 
 
+def _options(args: list[str], allowed: str) -> tuple[set[str], list[str]]:
+    """Split ``-x`` style flags (among ``allowed``) from the other arguments."""
+    flags = {a for a in args if a.startswith("-") and a != "-"}
+    unknown = flags - set(allowed.split())
+    if unknown:
+        raise ValueError(f"unknown option {sorted(unknown)[0]}")
+    return flags, [a for a in args if a not in flags]
+
+
 class FTPShell(cmd.Cmd):
     """An FTP-like shell on one connection."""
 
     prompt = "ftp> "
-    intro = 'Connected. Type "help" for commands, "quit" to leave.'
+    intro = 'Connected. Type "help" for commands, "help CMD" for one, "quit" to leave.'
 
     def __init__(self, client: Client, stdin: IO[str] | None = None, stdout: IO[str] | None = None,
                  quiet: bool = False) -> None:
@@ -57,42 +76,60 @@ class FTPShell(cmd.Cmd):
         print(f"error: {message}", file=self.stdout)
 
     def say(self, text: str) -> None:
+        """Print one line of output."""
         print(text, file=self.stdout)
 
-    def emptyline(self) -> bool:  # an empty line does nothing (cmd.Cmd would repeat the last command)
+    def do_help(self, arg: str) -> None:
+        """help [CMD]: list the commands, or explain one."""
+        method = getattr(self, "do_" + arg, None) if arg else None
+        if method is not None and method.__doc__:
+            self.say(inspect.cleandoc(method.__doc__))
+        else:
+            super().do_help(arg)
+
+    def emptyline(self) -> bool:  # cmd.Cmd would repeat the last command
         return False
 
     def default(self, line: str) -> None:
         self.fail(f"unknown command {line.split()[0]!r}; type help")
 
-    def _bar(self, label: str) -> ProgressBar:
-        return ProgressBar(label, False if self.quiet else None)
+    # -- transfers ----------------------------------------------------------
+
+    def _transfer(self, args: list[str], upload: bool) -> None:
+        flags, paths = _options(args, "-r --restart")
+        if not paths:
+            raise ValueError("usage: put [-r] [--restart] LOCAL... [REMOTE]" if upload else
+                             "usage: get [-r] [--restart] REMOTE... [LOCAL]")
+        if not transfer(self.client, paths, upload, recursive="-r" in flags,
+                        restart="--restart" in flags, quiet=self.quiet, out=self.stdout):
+            self.failures += 1
 
     @_command
     def do_put(self, args: list[str]) -> None:
-        """put LOCAL [REMOTE]: upload a file (resumes an interrupted upload)."""
-        if not 1 <= len(args) <= 2:
-            raise ValueError("usage: put LOCAL [REMOTE]")
-        with self._bar(args[0]) as bar:
-            result = self.client.put(args[0], args[1] if len(args) > 1 else None, progress=bar)
-        self.say(f"{result.remote}: {result.size} bytes{' (already there)' if result.skipped else ''}")
+        """put [-r] [--restart] LOCAL... [REMOTE]: upload files, patterns or (-r) folders.
+
+        With one LOCAL, REMOTE is its new name or a folder to put it in; with
+        several, the last argument is the remote folder.  An interrupted upload
+        resumes when run again; --restart starts from zero."""
+        self._transfer(args, upload=True)
 
     @_command
     def do_get(self, args: list[str]) -> None:
-        """get REMOTE [LOCAL]: download a file (resumes an interrupted download)."""
-        if not 1 <= len(args) <= 2:
-            raise ValueError("usage: get REMOTE [LOCAL]")
-        with self._bar(args[0]) as bar:
-            result = self.client.get(args[0], args[1] if len(args) > 1 else None, progress=bar)
-        self.say(f"{result.local}: {result.size} bytes{' (already there)' if result.skipped else ''}")
+        """get [-r] [--restart] REMOTE... [LOCAL]: download files, patterns ('*.iso') or (-r) folders.
+
+        With one REMOTE, LOCAL is its new name or a folder to put it in; with
+        several, the last argument is the local folder.  An interrupted download
+        resumes when run again; --restart starts from zero."""
+        self._transfer(args, upload=False)
+
+    # -- remote commands ------------------------------------------------------
 
     @_command
     def do_ls(self, args: list[str]) -> None:
-        """ls [-l] [REMOTE_DIR]: list a remote folder (-l: type, size, time)."""
-        long = "-l" in args
-        paths = [a for a in args if a != "-l"]
+        """ls [-l] [REMOTE_DIR]: list a remote folder (-l: type, size, modification time)."""
+        flags, paths = _options(args, "-l")
         entries = self.client.ls(paths[0] if paths else "")
-        for line in format_long(entries) if long else format_columns(entries, 80):
+        for line in format_long(entries) if flags else format_columns(entries):
             self.say(line)
 
     @_command
@@ -126,11 +163,39 @@ class FTPShell(cmd.Cmd):
             raise ValueError("usage: mv REMOTE NEW")
         self.client.mv(args[0], args[1])
 
+    # -- local commands -------------------------------------------------------
+
+    @_command
+    def do_lcd(self, args: list[str]) -> None:
+        """lcd [LOCAL_DIR]: change the local folder (no argument: your home)."""
+        os.chdir(os.path.expanduser(args[0] if args else "~"))
+        self.say(os.getcwd())
+
+    @_command
+    def do_lpwd(self, args: list[str]) -> None:
+        """lpwd: print the local folder."""
+        self.say(os.getcwd())
+
+    @_command
+    def do_lls(self, args: list[str]) -> None:
+        """lls [-l] [LOCAL_DIR]: list a local folder."""
+        flags, paths = _options(args, "-l")
+        folder = Path(os.path.expanduser(paths[0] if paths else "."))
+        entries = []
+        for child in sorted(folder.iterdir()):
+            info = child.stat()
+            entries.append({"name": child.name, "type": "dir" if child.is_dir() else "file",
+                            "size": info.st_size if child.is_file() else 0, "mtime": info.st_mtime})
+        for line in format_long(entries) if flags else format_columns(entries):
+            self.say(line)
+
+    # -- leaving ----------------------------------------------------------------
+
     def do_quit(self, line: str) -> bool:
-        """quit: leave the shell."""
+        """quit: leave the shell (Ctrl-D too)."""
         return True
 
-    do_exit = do_quit
+    do_exit = do_bye = do_quit
 
     def do_EOF(self, line: str) -> bool:
         """Ctrl-D: leave the shell."""
@@ -138,14 +203,7 @@ class FTPShell(cmd.Cmd):
             self.say("")
         return True
 
-    def complete_cd(self, text: str, line: str, begidx: int, endidx: int) -> list[str]:
-        return self._complete_remote(text, dirs_only=True)
-
-    def complete_get(self, text: str, *_: Any) -> list[str]:
-        return self._complete_remote(text)
-
-    complete_ls = complete_cd
-    complete_rm = complete_mv = complete_get
+    # -- completion -------------------------------------------------------------
 
     def _complete_remote(self, text: str, dirs_only: bool = False) -> list[str]:
         folder, _, stem = text.rpartition("/")
@@ -157,16 +215,70 @@ class FTPShell(cmd.Cmd):
         return [prefix + e["name"] + ("/" if e["type"] == "dir" else "")
                 for e in entries if e["name"].startswith(stem) and (e["type"] == "dir" or not dirs_only)]
 
+    @staticmethod
+    def _complete_local(text: str, dirs_only: bool = False) -> list[str]:
+        matches = glob.glob(glob.escape(os.path.expanduser(text)) + "*")
+        return [m + os.sep if os.path.isdir(m) else m
+                for m in sorted(matches) if os.path.isdir(m) or not dirs_only]
+
+    def complete_get(self, text: str, *_: Any) -> list[str]:
+        return self._complete_remote(text)
+
+    def complete_cd(self, text: str, *_: Any) -> list[str]:
+        return self._complete_remote(text, dirs_only=True)
+
+    def complete_put(self, text: str, line: str, *_: Any) -> list[str]:
+        # The first argument is local, a later one may be the remote destination.
+        args = [a for a in line.split()[1:] if not a.startswith("-")]
+        typed = len(args) - (1 if text else 0)
+        return self._complete_local(text) if typed == 0 else self._complete_remote(text)
+
+    def complete_lcd(self, text: str, *_: Any) -> list[str]:
+        return self._complete_local(text, dirs_only=True)
+
+    complete_ls = complete_cd
+    complete_rm = complete_mv = complete_get
+    complete_lls = complete_lcd
+
+
+def _readline_history() -> Callable[[], None]:
+    """Load readline history if readline exists; return the function that saves it."""
+    try:
+        import readline
+    except ImportError:
+        return lambda: None
+    path = HISTORY.expanduser()
+    readline.set_completer_delims(" \t\n")
+    try:
+        readline.read_history_file(path)
+    except OSError:
+        pass
+
+    def save() -> None:
+        try:
+            readline.set_history_length(1000)
+            readline.write_history_file(path)
+        except OSError:
+            pass
+    return save
+
 
 def run_shell(client: Client, quiet: bool = False) -> int:
-    """Run the shell on this process's terminal or piped input; return the exit status."""
+    """Run the shell on this terminal or on piped input; return the exit status."""
     interactive = sys.stdin.isatty()
     shell = FTPShell(client, stdin=None if interactive else sys.stdin, quiet=quiet)
+    save_history = _readline_history() if interactive else (lambda: None)
     if not interactive:
         shell.prompt = ""
         shell.intro = None
     try:
-        shell.cmdloop()
-    except KeyboardInterrupt:
-        shell.say("")
+        while True:
+            try:
+                shell.cmdloop()
+                break
+            except KeyboardInterrupt:  # Ctrl-C at the prompt: a fresh prompt, as in bash
+                shell.say("^C")
+                shell.intro = None
+    finally:
+        save_history()
     return 1 if shell.failures and not interactive else 0
