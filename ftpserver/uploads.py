@@ -52,9 +52,8 @@ class PartialUpload:
         return min(held, size)
 
     def _write_meta(self, fields: dict[str, object]) -> None:
-        temporary = self.meta.with_name(self.meta.name + ".tmp")
-        temporary.write_text(json.dumps(fields), "utf-8")
-        os.replace(temporary, self.meta)
+        # Written in place: a torn write fails to parse, which only means "start from zero".
+        self.meta.write_text(json.dumps(fields), "utf-8")
 
     def commit(self, final: Path, sync: bool = True) -> None:
         """Move the complete partial to ``final`` in one step and forget its metadata."""
