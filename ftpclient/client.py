@@ -229,7 +229,8 @@ class Client:
                 same = self._identical_remote(target, file, st.st_size)
                 if same:
                     return TransferResult(same["path"], path, st.st_size, st.st_size, same["md5"], True)
-            source = f"{st.st_size}-{st.st_mtime_ns}-{st.st_ino}"
+            # ctime too: it moves on every write, even one that restores the mtime.
+            source = f"{st.st_size}-{st.st_mtime_ns}-{st.st_ctime_ns}-{st.st_ino}"
             try:
                 return self._put(file, path, target, st.st_size, source, restart, progress)
             except ChecksumError:

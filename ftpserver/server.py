@@ -33,17 +33,21 @@ log = logging.getLogger(__name__)
 
 
 class DigestCache:
-    """md5 of files recently sent, keyed by inode, size and modification time."""
+    """md5 of files recently sent, keyed by inode, size, and modification and change times.
+
+    The change time (ctime) moves on every write and cannot be set back, so a file
+    rewritten in place with its mtime restored is not mistaken for the old one.
+    """
 
     def __init__(self, capacity: int = 4096) -> None:
         self._capacity = capacity
-        self._entries: OrderedDict[tuple[int, int, int, int], str] = OrderedDict()
+        self._entries: OrderedDict[tuple[int, ...], str] = OrderedDict()
         self._lock = threading.Lock()
 
     @staticmethod
-    def _key(file: BinaryIO) -> tuple[int, int, int, int]:
+    def _key(file: BinaryIO) -> tuple[int, ...]:
         st = os.fstat(file.fileno())
-        return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+        return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
     def get(self, file: BinaryIO) -> str | None:
         """Return the remembered md5 of an open file, or None."""
@@ -169,7 +173,7 @@ class FTPServer(socketserver.ThreadingTCPServer):
     def identify(file: BinaryIO) -> tuple[int, str]:
         """Return an open file's size and a tag that changes whenever the file does."""
         st = os.fstat(file.fileno())
-        return st.st_size, f"{st.st_size}-{st.st_mtime_ns}-{st.st_ino}"
+        return st.st_size, f"{st.st_size}-{st.st_mtime_ns}-{st.st_ctime_ns}-{st.st_ino}"
 
     def file_md5(self, path: Path) -> str:
         """Return the md5 of a file, from the cache when it has not changed."""
