@@ -134,7 +134,7 @@ class FTPServer(socketserver.ThreadingTCPServer):
         """Hook: refuse a connection over ``max_connections`` with ``busy``."""
         if not self._connections.acquire(blocking=False):
             with contextlib.suppress(OSError):
-                request.sendall(encode_frame(error_reply(Busy("too many connections, try later"))))
+                request.sendall(encode_frame(error_reply(Busy("busy: too many connections, try again later"))))
             self.shutdown_request(request)
             return
         super().process_request(request, client_address)
@@ -161,7 +161,7 @@ class FTPServer(socketserver.ThreadingTCPServer):
         """Hold ``partial`` for one writer.  Raises Busy if another holds it."""
         with self._claims_lock:
             if partial in self._claims:
-                raise Busy(f"{name} is being uploaded by another client")
+                raise Busy(f"busy: {name} is being uploaded by another client")
             self._claims.add(partial)
         try:
             yield
