@@ -6,7 +6,7 @@ Every error that crosses the wire has a stable ``code`` (see docs/PROTOCOL.md);
 from __future__ import annotations
 
 __all__ = [
-    "FTPError", "ProtocolError", "UnknownCommand", "NotFound", "Forbidden",
+    "FTPError", "ProtocolError", "FramingError", "UnknownCommand", "NotFound", "Forbidden",
     "PathError", "ChecksumError", "QuotaExceeded", "Busy", "AuthFailed",
     "InternalError", "Exists", "NotEmpty", "IsADirectory", "NotADirectory",
     "ConnectionLost", "Unreachable", "LocalError", "ConfigError",
@@ -34,6 +34,10 @@ class ProtocolError(FTPError):
     """Malformed request."""
 
     code = "bad_request"
+
+
+class FramingError(ProtocolError):
+    """Malformed frame: the byte stream cannot be resynchronised."""
 
 
 class UnknownCommand(FTPError):

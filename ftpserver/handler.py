@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from .auth import ScramServer
-from .errors import (AuthFailed, ChecksumError, ConnectionLost, FTPError, Forbidden, InternalError,
+from .errors import (AuthFailed, ChecksumError, ConnectionLost, FramingError, FTPError, Forbidden, InternalError,
                      IsADirectory, NotADirectory, ProtocolError, QuotaExceeded,
                      UnknownCommand)
 from .protocol import (bool_field, encode_frame, error_reply, int_field, ok_reply, read_frame,
@@ -31,7 +31,7 @@ def check_trailer(header: dict[str, Any] | None) -> dict[str, Any]:
     return header
 from .storage import Storage
 from .transfer import FileHasher, receive_body, send_body
-from .uploads import PartialUpload
+from .uploads import PartialUpload, size_of
 
 if TYPE_CHECKING:
     from .server import FTPServer
@@ -46,13 +46,6 @@ _MD5 = re.compile(r"[0-9a-f]{32}")
 MAX_SOURCE = 512
 #: Entries per ``ls`` reply frame, well inside the header limit.
 LS_BATCH = 100
-
-
-def _size_of(path: Path) -> int:
-    try:
-        return path.stat().st_size if path.is_file() else 0
-    except OSError:
-        return 0
 
 
 def _mib(size: int) -> str:
@@ -97,10 +90,12 @@ class FTPHandler(socketserver.StreamRequestHandler):
         while True:
             try:
                 header = read_frame(self.rfile)
-            except ProtocolError as error:
-                # The length was refused or the frame is broken: no way to resynchronise.
-                self._send_quietly(error_reply(error))
+            except FramingError as error:
+                self._send_quietly(error_reply(error))  # no way to resynchronise
                 return
+            except ProtocolError as error:
+                self._send_quietly(error_reply(error))  # the whole frame was read: go on
+                continue
             except (ConnectionLost, OSError):
                 return
             if header is None:
@@ -249,7 +244,9 @@ class FTPHandler(socketserver.StreamRequestHandler):
             raise IsADirectory(f"{vpath} is a folder")
         upload = PartialUpload(*storage.partial_paths(vpath))
         with self.server.claim(upload.path, vpath):
-            self._check_quota(storage, size, upload, final)
+            if self.quota is not None:
+                self.server.reserve(upload.path, size, storage.root,
+                                    lambda pending: self._check_quota(storage, size + pending, upload, final))
             offset = upload.prepare(size, source if resumable else None, restart)
             if resumable:
                 self.send(ok_reply(filename=vpath, offset=offset))
@@ -285,10 +282,9 @@ class FTPHandler(socketserver.StreamRequestHandler):
         return hasher.result()
 
     def _check_quota(self, storage: Storage, size: int, upload: PartialUpload, final: Path) -> None:
-        """Refuse a put that would take the user over quota (the file it replaces not counted)."""
-        if self.quota is None:
-            return
-        used = storage.usage() - _size_of(upload.path) - _size_of(final)
+        """Refuse a put of ``size`` bytes over quota (the file it replaces not counted)."""
+        assert self.quota is not None
+        used = storage.usage() - size_of(upload.path) - size_of(final)
         if used + size > self.quota:
             raise QuotaExceeded(f"quota exceeded: {_mib(used)} of {_mib(self.quota)} used, "
                                 f"the file needs {_mib(size)}")

@@ -11,11 +11,11 @@ import json
 import struct
 from typing import IO, Any, Callable, Protocol
 
-from .errors import ConnectionLost, FTPError, ProtocolError, error_for_code
+from .errors import ConnectionLost, FramingError, FTPError, ProtocolError, error_for_code
 
 __all__ = [
     "MAX_HEADER", "LENGTH", "CHUNK_SIZE", "HASH_BLOCK", "encode_frame", "decode_header",
-    "parse_frame", "read_frame", "read_exact", "ok_reply", "error_reply", "check_reply",
+    "parse_frame", "read_frame", "read_exact", "ok_reply", "error_reply", "check_reply", "printable",
     "text_field", "int_field", "bool_field", "new_digest", "hash_file",
 ]
 
@@ -62,7 +62,7 @@ def decode_header(payload: bytes) -> dict[str, Any]:
 def _check_length(raw: bytes) -> int:
     (length,) = LENGTH.unpack(raw)
     if length > MAX_HEADER:
-        raise ProtocolError(f"header length {length} is over the {MAX_HEADER}-byte limit")
+        raise FramingError(f"header length {length} is over the {MAX_HEADER}-byte limit")
     return length
 
 
@@ -101,7 +101,9 @@ def read_frame(stream: Readable) -> dict[str, Any] | None:
     """Read one frame from a binary stream.
 
     Returns None on a clean end of stream before the first byte.
-    Raises ConnectionLost if the stream ends inside a frame, ProtocolError for a bad frame.
+    Raises ConnectionLost if the stream ends inside a frame, FramingError for a
+    length over the limit, ProtocolError for a bad header (the stream is then
+    still in step: the whole frame was read).
     """
     first = stream.read(LENGTH.size)
     if not first:
@@ -116,9 +118,14 @@ def ok_reply(**fields: Any) -> dict[str, Any]:
     return {"ok": True, **fields}
 
 
+def printable(text: str) -> str:
+    """Return ``text`` as one printable line: control characters and lone surrogates escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def error_reply(error: FTPError) -> dict[str, Any]:
-    """Return the error header for ``error``."""
-    return {"ok": False, "error": error.code, "message": error.message}
+    """Return the error header for ``error``; its message is one printable line."""
+    return {"ok": False, "error": error.code, "message": printable(error.message)}
 
 
 def check_reply(header: dict[str, Any] | None) -> dict[str, Any]:
@@ -132,17 +139,28 @@ def check_reply(header: dict[str, Any] | None) -> dict[str, Any]:
     if ok is True:
         return header
     if ok is False:
-        raise error_for_code(header.get("error"), header.get("message"))
+        message = header.get("message")
+        raise error_for_code(header.get("error"), printable(message) if isinstance(message, str) else "")
     raise ProtocolError("reply has no 'ok' field")
 
 
 def text_field(header: dict[str, Any], key: str, default: Any = _MISSING) -> str:
-    """Return the string field ``key``.  Raises ProtocolError if missing or not a string."""
+    """Return the string field ``key``.
+
+    Raises ProtocolError if missing, not a string, or not valid Unicode (JSON
+    escapes can carry lone surrogates, which no file name or message may hold).
+    """
     value = header.get(key, default)
     if value is _MISSING:
         raise ProtocolError(f"missing field '{key}'")
-    if not isinstance(value, str) and value is not default:
+    if value is default:
+        return value
+    if not isinstance(value, str):
         raise ProtocolError(f"field '{key}' must be a string")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ProtocolError(f"field '{key}' is not valid Unicode") from None
     return value
 
 

@@ -16,7 +16,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Callable, Iterator
 
 from .auth import LoginThrottle, StoredKeys, parse_stored
 from .config import Config, User
@@ -25,7 +25,7 @@ from .handler import FTPHandler
 from .protocol import encode_frame, error_reply
 from .storage import Storage
 from .transfer import FileHasher
-from .uploads import sweep_partials
+from .uploads import size_of, sweep_partials
 
 __all__ = ["FTPServer", "DigestCache", "Account"]
 
@@ -108,14 +108,21 @@ class FTPServer(socketserver.ThreadingTCPServer):
         self.config = config
         if ":" in config.host:
             self.address_family = socket.AF_INET6
-        self.anonymous_storage = Storage(config.root) if config.anonymous else None
-        self.accounts = {name: Account(user, _parse_keys(user), Storage(user.root))
+        roots = [config.root, *(user.root for user in config.users.values())]
+
+        def storage(root: Path) -> Storage:
+            # Another account's root nested inside this one stays out of this one's reach.
+            return Storage(root, tuple(r for r in roots if r != root and r.is_relative_to(root)))
+
+        self.anonymous_storage = storage(config.root) if config.anonymous else None
+        self.accounts = {name: Account(user, _parse_keys(user), storage(user.root))
                          for name, user in config.users.items()}
         self.login_secret = os.urandom(32)
         self.throttle = LoginThrottle()
         self.md5_cache = DigestCache()
-        self._claims: set[Path] = set()
+        self._claims: dict[Path, int] = {}  # partial upload -> bytes reserved for it
         self._claims_lock = threading.Lock()
+        self._quota_lock = threading.Lock()
         self._connections = threading.BoundedSemaphore(config.max_connections)
         self._stopping = threading.Event()
         self.tls = _tls_context(config) if config.tls else None
@@ -133,11 +140,17 @@ class FTPServer(socketserver.ThreadingTCPServer):
     def process_request(self, request: socket.socket, client_address: tuple) -> None:  # type: ignore[override]
         """Hook: refuse a connection over ``max_connections`` with ``busy``."""
         if not self._connections.acquire(blocking=False):
-            with contextlib.suppress(OSError):
-                request.sendall(encode_frame(error_reply(Busy("busy: too many connections, try again later"))))
-            self.shutdown_request(request)
+            # Answered from its own thread: a TLS handshake with a silent peer must not
+            # hold up the accept loop.
+            threading.Thread(target=self._refuse, args=(request,), daemon=True).start()
             return
         super().process_request(request, client_address)
+
+    def _refuse(self, request: socket.socket) -> None:
+        request.settimeout(5)
+        with contextlib.suppress(OSError):
+            request.sendall(encode_frame(error_reply(Busy("busy: too many connections, try again later"))))
+        self.shutdown_request(request)
 
     def process_request_thread(self, request: socket.socket, client_address: tuple) -> None:  # type: ignore[override]
         try:
@@ -162,12 +175,26 @@ class FTPServer(socketserver.ThreadingTCPServer):
         with self._claims_lock:
             if partial in self._claims:
                 raise Busy(f"busy: {name} is being uploaded by another client")
-            self._claims.add(partial)
+            self._claims[partial] = 0
         try:
             yield
         finally:
             with self._claims_lock:
-                self._claims.discard(partial)
+                del self._claims[partial]
+
+    def reserve(self, partial: Path, size: int, root: Path, check: Callable[[int], None]) -> None:
+        """Reserve ``size`` bytes for a claimed upload once ``check`` accepts.
+
+        ``check(pending)`` gets the bytes other uploads under ``root`` have reserved
+        but not yet written, and raises to refuse; checks run one at a time, so two
+        uploads cannot both fit a quota that holds only one.
+        """
+        with self._quota_lock:
+            with self._claims_lock:
+                others = [(p, n) for p, n in self._claims.items() if p != partial and p.is_relative_to(root)]
+            check(sum(max(n - size_of(p), 0) for p, n in others))
+            with self._claims_lock:
+                self._claims[partial] = size
 
     @staticmethod
     def identify(file: BinaryIO) -> tuple[int, str]:

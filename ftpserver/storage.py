@@ -115,10 +115,15 @@ class Entry:
 class Storage:
     """A real folder served as the virtual root ``/``."""
 
-    def __init__(self, root: str | Path) -> None:
-        """Serve ``root``, creating it (and its parents) if missing."""
+    def __init__(self, root: str | Path, excluded: tuple[str | Path, ...] = ()) -> None:
+        """Serve ``root``, creating it (and its parents) if missing.
+
+        ``excluded`` folders inside the root (other accounts' roots) are treated
+        as outside it: never listed, read or written.
+        """
         Path(root).mkdir(parents=True, exist_ok=True)
         self.root = Path(os.path.realpath(root))
+        self.excluded = tuple(Path(os.path.realpath(path)) for path in excluded)
 
     # -- paths ---------------------------------------------------------------
 
@@ -155,7 +160,8 @@ class Storage:
 
     def _confined(self, path: Path, vpath: str) -> Path:
         resolved = Path(os.path.realpath(path))
-        if not resolved.is_relative_to(self.root):
+        if not resolved.is_relative_to(self.root) or any(
+                resolved.is_relative_to(folder) for folder in self.excluded):
             raise PathError(f"path outside the root: {vpath}")
         # A link inside the root must not reach a partial upload either.
         if any(is_reserved(name) for name in resolved.relative_to(self.root).parts):
@@ -310,7 +316,8 @@ class Storage:
             except OSError:  # vanished or unreadable meanwhile
                 continue
             yield folder, entries
-            stack.extend(Path(e.path) for e in entries if e.is_dir(follow_symlinks=False))
+            stack.extend(Path(e.path) for e in entries if e.is_dir(follow_symlinks=False)
+                         and Path(e.path) not in self.excluded)
 
     def usage(self) -> int:
         """Return the bytes held in regular files under the root, partial uploads included."""

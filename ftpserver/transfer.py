@@ -110,10 +110,13 @@ def receive_body(stream: BinaryIO, file: BinaryIO, count: int, buffer_size: int,
     Raises ConnectionLost if the stream ends or fails early; OSError from writing.
     """
     view = memoryview(bytearray(min(buffer_size, max(count, 1))))
+    # readinto1 returns what has arrived instead of waiting to fill the buffer,
+    # so bytes received before a stall or a cut are written, not lost.
+    read = getattr(stream, "readinto1", None) or stream.readinto  # type: ignore[attr-defined]
     remaining = count
     while remaining:
         try:
-            got = stream.readinto(view[:min(remaining, len(view))])  # type: ignore[attr-defined]
+            got = read(view[:min(remaining, len(view))])
         except OSError as error:
             raise ConnectionLost(f"connection lost with {remaining} bytes of the body missing: "
                                  f"{error.strerror or error}") from None

@@ -15,9 +15,17 @@ import time
 from pathlib import Path
 from typing import Iterable
 
-__all__ = ["PartialUpload", "sweep_partials"]
+__all__ = ["PartialUpload", "sweep_partials", "size_of"]
 
 log = logging.getLogger(__name__)
+
+
+def size_of(path: Path) -> int:
+    """Size of a regular file, 0 if it is missing or not a file."""
+    try:
+        return path.stat().st_size if path.is_file() else 0
+    except OSError:
+        return 0
 
 
 class PartialUpload:
