@@ -202,9 +202,11 @@ def run_batch(client: Client, plan: Plan, upload: bool, restart: bool = False,
     for job in plan.jobs:
         try:
             if upload:
-                done = client.put(job.local, job.remote, restart=restart, progress=progress(job))
+                done = client.put(job.local, job.remote, restart=restart, progress=progress(job),
+                                  exact=True)
             else:
-                done = client.get(job.remote, job.local, restart=restart, progress=progress(job))
+                done = client.get(job.remote, job.local, restart=restart, progress=progress(job),
+                                  exact=True)
             result.done.append(done)
         except (ConnectionLost, Unreachable):
             raise

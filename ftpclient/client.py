@@ -6,6 +6,7 @@ whose first call gives the offset a resumed transfer starts from.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import posixpath
@@ -93,6 +94,12 @@ class Client:
                 raise Unreachable(f"TLS with {host}:{port} failed: "
                                   f"{getattr(error, 'reason', None) or error}") from None
         return sock, sock.makefile("rb")
+
+    def _abort(self) -> None:
+        """Drop a connection whose transfer was interrupted, so the server lets go of it at once."""
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
+        self._mid_body = True  # the next request reconnects
 
     def reconnect(self) -> None:
         """Open a fresh connection with the same login and remote folder.
@@ -214,19 +221,23 @@ class Client:
     # -- put ----------------------------------------------------------------
 
     def put(self, local: str | os.PathLike[str], remote: str | None = None, *,
-            restart: bool = False, progress: ProgressCallback | None = None) -> TransferResult:
+            restart: bool = False, progress: ProgressCallback | None = None,
+            exact: bool = False) -> TransferResult:
         """Upload a file, resuming a partial upload of the same file unless ``restart``.
 
         ``remote`` defaults to the file's base name in the current remote folder;
         a remote folder, or a name ending in ``/``, receives the file under its
-        base name.  Raises LocalError for an unreadable local file.
+        base name, unless ``exact`` says ``remote`` is the file's own name.
+        Raises LocalError for an unreadable local file.
         """
         path = Path(local)
         with _open_local(path) as file:
             st = os.fstat(file.fileno())
-            target = self._put_target(path.name, remote)
+            target, entry = self._put_target(path.name, remote, exact)
+            if entry and entry["type"] == "dir":
+                raise IsADirectory(f"{entry['path']} is a folder")
             if not restart:
-                same = self._identical_remote(target, file, st.st_size)
+                same = self._identical_remote(target, entry, file, st.st_size)
                 if same:
                     return TransferResult(same["path"], path, st.st_size, st.st_size, same["md5"], True)
             # ctime too: it moves on every write, even one that restores the mtime.
@@ -239,16 +250,19 @@ class Client:
                 # The held prefix was not what we have now: send it all once more.
                 return self._put(file, path, target, st.st_size, source, True, progress)
 
-    def _put_target(self, name: str, remote: str | None) -> str:
-        if not remote:
-            return name
-        if remote.endswith("/"):
-            return remote + name
-        entry = self._remote_entry(remote)
-        return posixpath.join(remote, name) if entry and entry["type"] == "dir" else remote
-
-    def _identical_remote(self, target: str, file: BinaryIO, size: int) -> dict[str, Any] | None:
+    def _put_target(self, name: str, remote: str | None,
+                    exact: bool) -> tuple[str, dict[str, Any] | None]:
+        """The remote path a put writes, and what is there now (None: nothing)."""
+        target = remote if remote and exact else (
+            name if not remote else remote + name if remote.endswith("/") else remote)
         entry = self._remote_entry(target)
+        if entry and entry["type"] == "dir" and not exact and remote and target == remote:
+            target = posixpath.join(remote, name)
+            entry = self._remote_entry(target)
+        return target, entry
+
+    def _identical_remote(self, target: str, entry: dict[str, Any] | None, file: BinaryIO,
+                          size: int) -> dict[str, Any] | None:
         if not entry or entry["type"] != "file" or entry["size"] != size:
             return None
         remote = self.stat(target, md5=True)
@@ -268,6 +282,7 @@ class Client:
             self._raise_server_error(error)
         except BaseException:
             hasher.cancel()
+            self._abort()
             raise
         md5 = hasher.result()
         self._write({"md5": md5})
@@ -288,14 +303,18 @@ class Client:
     # -- get ----------------------------------------------------------------
 
     def get(self, remote: str, local: str | os.PathLike[str] | None = None, *,
-            restart: bool = False, progress: ProgressCallback | None = None) -> TransferResult:
+            restart: bool = False, progress: ProgressCallback | None = None,
+            exact: bool = False) -> TransferResult:
         """Download a file, resuming a partial download beside it unless ``restart``.
 
         ``local`` defaults to the remote base name in the current folder; a local
-        folder receives the file under its base name.  The file appears under its
-        final name only once complete and verified.
+        folder receives the file under its base name, unless ``exact`` says
+        ``local`` is the file's own name.  The file appears under its final name
+        only once complete and verified.
         """
-        dest = _get_target(remote, local)
+        dest = Path(local) if exact and local is not None else _get_target(remote, local)
+        if dest.is_dir():
+            raise LocalError(f"{dest} is a folder")
         if not restart:
             same = self._identical_local(remote, dest)
             if same:
@@ -309,7 +328,9 @@ class Client:
 
     def _identical_local(self, remote: str, dest: Path) -> dict[str, Any] | None:
         try:
-            size = dest.stat().st_size if dest.is_file() else -1
+            if not dest.is_file():
+                return None
+            size = dest.stat().st_size
         except OSError:
             return None
         entry = self._remote_entry(remote)
@@ -337,9 +358,11 @@ class Client:
             trailer = self._end_of_body()
         except OSError as error:
             hasher.cancel()
+            self._abort()
             raise LocalError(f"cannot write {partial.path}: {error.strerror}") from None
         except BaseException:
             hasher.cancel()
+            self._abort()
             raise
         md5 = hasher.result()
         if md5 != trailer["md5"]:

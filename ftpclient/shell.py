@@ -79,6 +79,9 @@ class FTPShell(cmd.Cmd):
         """Print one line of output."""
         print(text, file=self.stdout)
 
+    def get_names(self) -> list[str]:
+        return [name for name in super().get_names() if name != "do_EOF"]
+
     def do_help(self, arg: str) -> None:
         """help [CMD]: list the commands, or explain one."""
         method = getattr(self, "do_" + arg, None) if arg else None

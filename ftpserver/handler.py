@@ -243,7 +243,7 @@ class FTPHandler(socketserver.StreamRequestHandler):
         if final.is_dir():
             raise IsADirectory(f"{vpath} is a folder")
         upload = PartialUpload(*storage.partial_paths(vpath))
-        with self.server.claim(upload.path, vpath):
+        with self.server.claim(upload.path, vpath, source if resumable else None, self.connection):
             if self.quota is not None:
                 self.server.reserve(upload.path, size, storage.root,
                                     lambda pending: self._check_quota(storage, size + pending, upload, final))

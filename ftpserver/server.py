@@ -65,6 +65,15 @@ class DigestCache:
         return md5
 
 
+@dataclass
+class _Claim:
+    """A partial upload being written: by whom, and the bytes its quota check reserved."""
+
+    source: str | None
+    connection: socket.socket | None
+    reserved: int = 0
+
+
 @dataclass(frozen=True)
 class Account:
     """A user as the server needs it: settings, password keys, storage."""
@@ -120,8 +129,9 @@ class FTPServer(socketserver.ThreadingTCPServer):
         self.login_secret = os.urandom(32)
         self.throttle = LoginThrottle()
         self.md5_cache = DigestCache()
-        self._claims: dict[Path, int] = {}  # partial upload -> bytes reserved for it
+        self._claims: dict[Path, _Claim] = {}
         self._claims_lock = threading.Lock()
+        self._claims_changed = threading.Condition(self._claims_lock)
         self._quota_lock = threading.Lock()
         self._connections = threading.BoundedSemaphore(config.max_connections)
         self._stopping = threading.Event()
@@ -170,17 +180,30 @@ class FTPServer(socketserver.ThreadingTCPServer):
     # -- shared state for handlers --------------------------------------------
 
     @contextlib.contextmanager
-    def claim(self, partial: Path, name: str) -> Iterator[None]:
-        """Hold ``partial`` for one writer.  Raises Busy if another holds it."""
-        with self._claims_lock:
+    def claim(self, partial: Path, name: str, source: str | None = None,
+              connection: socket.socket | None = None) -> Iterator[None]:
+        """Hold ``partial`` for one writer.
+
+        A writer resuming the same source (the same client file) takes over from a
+        holder whose connection is dead but not yet noticed, e.g. right after a
+        Ctrl-C; anyone else gets Busy.
+        """
+        with self._claims_changed:
+            holder = self._claims.get(partial)
+            if holder is not None and source is not None and holder.source == source:
+                if holder.connection is not None:
+                    with contextlib.suppress(OSError):
+                        holder.connection.shutdown(socket.SHUT_RDWR)
+                self._claims_changed.wait_for(lambda: partial not in self._claims, timeout=10)
             if partial in self._claims:
                 raise Busy(f"busy: {name} is being uploaded by another client")
-            self._claims[partial] = 0
+            self._claims[partial] = _Claim(source, connection)
         try:
             yield
         finally:
-            with self._claims_lock:
+            with self._claims_changed:
                 del self._claims[partial]
+                self._claims_changed.notify_all()
 
     def reserve(self, partial: Path, size: int, root: Path, check: Callable[[int], None]) -> None:
         """Reserve ``size`` bytes for a claimed upload once ``check`` accepts.
@@ -191,10 +214,11 @@ class FTPServer(socketserver.ThreadingTCPServer):
         """
         with self._quota_lock:
             with self._claims_lock:
-                others = [(p, n) for p, n in self._claims.items() if p != partial and p.is_relative_to(root)]
+                others = [(p, c.reserved) for p, c in self._claims.items()
+                          if p != partial and p.is_relative_to(root)]
             check(sum(max(n - size_of(p), 0) for p, n in others))
             with self._claims_lock:
-                self._claims[partial] = size
+                self._claims[partial].reserved = size
 
     @staticmethod
     def identify(file: BinaryIO) -> tuple[int, str]:
