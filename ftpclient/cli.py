@@ -9,7 +9,6 @@ from typing import Callable, Sequence, TextIO
 from ftpserver import __version__
 from ftpserver.errors import FTPError, LocalError
 
-from .batch import has_pattern, plan_get, plan_put, run_batch
 from .client import DEFAULT_PORT, Client
 from .listing import format_columns, format_json, format_long
 from .progress import BatchBar, ProgressBar
@@ -115,7 +114,7 @@ def transfer(client: Client, paths: list[str], upload: bool, *, recursive: bool 
     """
     sources, dest = _split(paths)
     enabled = False if quiet else None
-    single = len(sources) == 1 and not recursive and not has_pattern(sources[0])
+    single = len(sources) == 1 and not recursive and not any(c in sources[0] for c in "*?[")
     if single and not (upload and os.path.isdir(sources[0])):
         name = sources[0].rstrip("/").replace(os.sep, "/").rsplit("/", 1)[-1]
         with ProgressBar(name, enabled) as bar:
@@ -124,6 +123,8 @@ def transfer(client: Client, paths: list[str], upload: bool, *, recursive: bool 
             else:
                 client.get(sources[0], dest, restart=restart, progress=bar)
         return True
+    from .batch import plan_get, plan_put, run_batch  # only batches need it: keeps start-up lean
+
     plan = (plan_put if upload else plan_get)(client, sources, dest, recursive)
     with BatchBar(len(plan.jobs), plan.total, enabled) as bars:
         result = run_batch(client, plan, upload, restart,

@@ -11,17 +11,13 @@ import json
 import os
 import posixpath
 import socket
-import ssl
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable, NamedTuple
 
-from ftpserver.auth import ScramClient
 from ftpserver.errors import (ChecksumError, ConnectionLost, FTPError, IsADirectory, LocalError,
                               NotFound, Unreachable)
-from ftpserver.protocol import CHUNK_SIZE, check_reply, encode_frame, read_frame
-from ftpserver.storage import META_SUFFIX, PARTIAL_SUFFIX
-from ftpserver.transfer import FileHasher, receive_body, send_body
+from ftpserver.protocol import META_SUFFIX, PARTIAL_SUFFIX, CHUNK_SIZE, check_reply, encode_frame, read_frame
+from ftpserver.transfer import FileHasher, receive_body, receiving_digest, send_body
 
 __all__ = ["Client", "TransferResult", "ProgressCallback", "DEFAULT_PORT"]
 
@@ -30,8 +26,11 @@ DEFAULT_PORT = 2121
 ProgressCallback = Callable[[int, int], None]
 
 
-@dataclass(frozen=True)
-class TransferResult:
+if TYPE_CHECKING:
+    import ssl
+
+
+class TransferResult(NamedTuple):
     """What a put or get did."""
 
     remote: str        #: the server's absolute path of the file
@@ -50,16 +49,13 @@ class TransferResult:
 class _Counter:
     """Turns per-chunk byte counts into ``progress(done, total)`` calls."""
 
-    def __init__(self, progress: ProgressCallback | None, done: int, total: int,
-                 also: Callable[[int], None] | None = None) -> None:
-        self.progress, self.done, self.total, self.also = progress, done, total, also
+    def __init__(self, progress: ProgressCallback | None, done: int, total: int) -> None:
+        self.progress, self.done, self.total = progress, done, total
         if progress:
             progress(done, total)
 
     def __call__(self, count: int) -> None:
         self.done += count
-        if self.also:
-            self.also(count)
         if self.progress:
             self.progress(self.done, self.total)
 
@@ -89,7 +85,7 @@ class Client:
         if self._tls:
             try:
                 sock = self._tls.wrap_socket(sock, server_hostname=host)
-            except (OSError, ssl.SSLError) as error:
+            except OSError as error:  # ssl.SSLError is an OSError
                 sock.close()
                 raise Unreachable(f"TLS with {host}:{port} failed: "
                                   f"{getattr(error, 'reason', None) or error}") from None
@@ -169,6 +165,8 @@ class Client:
 
         Raises AuthFailed for a wrong password, or a server that cannot prove it knows it.
         """
+        from ftpserver.auth import ScramClient  # only a login needs it: keeps start-up lean
+
         scram = ScramClient(user, password)
         challenge = self.request("login", message=scram.first())["message"]
         reply = self.request("login", message=scram.final(challenge))
@@ -349,12 +347,12 @@ class Client:
         self._mid_body = True
         size, offset = reply["filesize"], reply["offset"]
         partial.start(reply["filename"], reply["source"], size, offset)
-        hasher = FileHasher(partial.path, size, available=offset)
+        hasher = receiving_digest(partial.path, size, offset)
         try:
             with open(partial.path, "r+b", buffering=0) as file:
                 file.seek(offset)
-                receive_body(self._reader, file, size - offset, self.buffer_size,
-                             _Counter(progress, offset, size, hasher.advance))
+                receive_body(self._reader, file, size - offset, self.buffer_size, hasher,
+                             _Counter(progress, offset, size))
             trailer = self._end_of_body()
         except OSError as error:
             hasher.cancel()

@@ -30,7 +30,7 @@ def check_trailer(header: dict[str, Any] | None) -> dict[str, Any]:
         raise ConnectionLost("the connection closed before the md5 trailer")
     return header
 from .storage import Storage
-from .transfer import FileHasher, receive_body, send_body
+from .transfer import FileHasher, receive_body, receiving_digest, send_body
 from .uploads import PartialUpload, size_of
 
 if TYPE_CHECKING:
@@ -265,21 +265,21 @@ class FTPHandler(socketserver.StreamRequestHandler):
                 raise ChecksumError(f"checksum mismatch for {vpath}: received {md5}, "
                                     f"the client's is {declared.lower()}")
             upload.commit(final, sync=self.server.sync_uploads)
+            self.server.md5_cache.put(final, md5)  # the first get needs no re-hash
         self.subject, self.moved = vpath, size - offset
         return ok_reply(filename=vpath, filesize=size, md5=md5)
 
     def _receive(self, upload: PartialUpload, size: int, offset: int) -> str:
         """Append the body to the partial and return the md5 of the whole file."""
-        hasher = FileHasher(upload.path, size, available=offset)
+        digest = receiving_digest(upload.path, size, offset)
         try:
             with open(upload.path, "r+b", buffering=0) as file:
                 file.seek(offset)
-                receive_body(self.rfile, file, size - offset, self.server.config.buffer_size,
-                             hasher.advance)
+                receive_body(self.rfile, file, size - offset, self.server.config.buffer_size, digest)
         except BaseException:
-            hasher.cancel()
+            digest.cancel()
             raise
-        return hasher.result()
+        return digest.result()
 
     def _check_quota(self, storage: Storage, size: int, upload: PartialUpload, final: Path) -> None:
         """Refuse a put of ``size`` bytes over quota (the file it replaces not counted)."""

@@ -14,12 +14,16 @@ from typing import IO, Any, Callable, Protocol
 from .errors import ConnectionLost, FramingError, FTPError, ProtocolError, error_for_code
 
 __all__ = [
-    "MAX_HEADER", "LENGTH", "CHUNK_SIZE", "HASH_BLOCK", "encode_frame", "decode_header",
+    "MAX_HEADER", "PARTIAL_SUFFIX", "META_SUFFIX", "LENGTH", "CHUNK_SIZE", "HASH_BLOCK", "encode_frame", "decode_header",
     "parse_frame", "read_frame", "read_exact", "ok_reply", "error_reply", "check_reply", "printable",
     "text_field", "int_field", "bool_field", "new_digest", "hash_file",
 ]
 
 MAX_HEADER = 65536
+#: A file being transferred lives beside its final name with this suffix (both sides),
+#: its resume metadata with META_SUFFIX; neither is ever shown or served as a file.
+PARTIAL_SUFFIX = ".ftp-partial"
+META_SUFFIX = PARTIAL_SUFFIX + ".json"
 LENGTH = struct.Struct("<I")
 CHUNK_SIZE = 64 * 1024
 #: Bytes per read when hashing a file from disk; large reads keep hashing near its limit.

@@ -45,8 +45,8 @@ class DigestCache:
         self._lock = threading.Lock()
 
     @staticmethod
-    def _key(file: BinaryIO) -> tuple[int, ...]:
-        st = os.fstat(file.fileno())
+    def _key(file: BinaryIO | Path) -> tuple[int, ...]:
+        st = os.stat(file) if isinstance(file, Path) else os.fstat(file.fileno())
         return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
     def get(self, file: BinaryIO) -> str | None:
@@ -54,8 +54,8 @@ class DigestCache:
         with self._lock:
             return self._entries.get(self._key(file))
 
-    def put(self, file: BinaryIO, md5: str) -> str:
-        """Remember the md5 of an open file and return it."""
+    def put(self, file: BinaryIO | Path, md5: str) -> str:
+        """Remember the md5 of an open file (or a path) and return it."""
         key = self._key(file)
         with self._lock:
             self._entries[key] = md5

@@ -17,14 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
+from .protocol import META_SUFFIX, PARTIAL_SUFFIX
 from .errors import (Exists, Forbidden, FTPError, IsADirectory, NotADirectory,
                      NotEmpty, NotFound, PathError, ProtocolError)
 
 __all__ = ["PARTIAL_SUFFIX", "META_SUFFIX", "MAX_NAME_BYTES", "MAX_PATH_BYTES",
            "is_reserved", "Entry", "Storage"]
 
-PARTIAL_SUFFIX = ".ftp-partial"
-META_SUFFIX = PARTIAL_SUFFIX + ".json"
 MAX_NAME_BYTES = 255
 MAX_PATH_BYTES = 4096
 

@@ -16,7 +16,7 @@ from typing import BinaryIO, Callable
 from .errors import ConnectionLost
 from .protocol import HASH_BLOCK, new_digest
 
-__all__ = ["FileHasher", "receive_body", "send_body", "Progress"]
+__all__ = ["FileHasher", "receiving_digest", "receive_body", "send_body", "Progress"]
 
 #: Called with the number of bytes just moved.
 Progress = Callable[[int], None]
@@ -35,6 +35,7 @@ class FileHasher:
                  available: int | None = None) -> None:
         self.size = size
         self._available = size if available is None else available
+        self._woken = self._available
         self._ready = threading.Condition()
         self._cancelled = False
         self._error: BaseException | None = None
@@ -45,11 +46,18 @@ class FileHasher:
         self._thread = threading.Thread(target=self._run, name="md5", daemon=True)
         self._thread.start()
 
+    def update(self, data: memoryview) -> None:
+        """Report that ``data`` was just written at the end of the file."""
+        self.advance(len(data))
+
     def advance(self, count: int) -> None:
-        """Report ``count`` more bytes written to the file."""
-        with self._ready:
-            self._available += count
-            self._ready.notify()
+        """Report ``count`` more bytes written to the file (called by one writer thread)."""
+        self._available += count
+        # Wake the hasher only when a whole block (or the end) is there: fewer lock trips.
+        if self._available - self._woken >= HASH_BLOCK or self._available >= self.size:
+            self._woken = self._available
+            with self._ready:
+                self._ready.notify()
 
     def result(self) -> str:
         """Wait for the whole file to be hashed and return the hex md5.
@@ -102,11 +110,35 @@ class FileHasher:
                 self._owned.close()
 
 
+class _InlineDigest:
+    """md5 of bytes handed to :meth:`update` as they arrive: no second read of the file."""
+
+    def __init__(self) -> None:
+        self._digest = new_digest()
+        self.update = self._digest.update
+
+    def result(self) -> str:
+        return self._digest.hexdigest()
+
+    def cancel(self) -> None:
+        pass
+
+
+def receiving_digest(path: str | Path, size: int, offset: int) -> FileHasher | _InlineDigest:
+    """The md5 of a file received into ``path`` from ``offset`` on.
+
+    From zero, the received bytes are hashed as they pass (one copy fewer, which
+    is what pays when both ends share few cores); when resuming, a
+    :class:`FileHasher` reads the held prefix from disk and then follows the writer.
+    """
+    return _InlineDigest() if offset == 0 else FileHasher(path, size, available=offset)
+
+
 def receive_body(stream: BinaryIO, file: BinaryIO, count: int, buffer_size: int,
-                 progress: Progress | None = None) -> None:
+                 digest: FileHasher | _InlineDigest, progress: Progress | None = None) -> None:
     """Copy exactly ``count`` bytes from ``stream`` to ``file`` in fixed buffers.
 
-    ``progress`` is called after each write with the bytes written.
+    Each buffer goes to ``digest.update`` once written, and its size to ``progress``.
     Raises ConnectionLost if the stream ends or fails early; OSError from writing.
     """
     view = memoryview(bytearray(min(buffer_size, max(count, 1))))
@@ -123,6 +155,7 @@ def receive_body(stream: BinaryIO, file: BinaryIO, count: int, buffer_size: int,
         if not got:
             raise ConnectionLost(f"connection closed with {remaining} bytes of the body missing")
         _write_all(file, view[:got])
+        digest.update(view[:got])
         remaining -= got
         if progress:
             progress(got)
