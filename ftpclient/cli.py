@@ -118,10 +118,10 @@ def transfer(client: Client, paths: list[str], upload: bool, *, recursive: bool 
     if single and not (upload and os.path.isdir(sources[0])):
         name = sources[0].rstrip("/").replace(os.sep, "/").rsplit("/", 1)[-1]
         with ProgressBar(name, enabled) as bar:
-            if upload:
-                client.put(sources[0], dest, restart=restart, progress=bar)
-            else:
-                client.get(sources[0], dest, restart=restart, progress=bar)
+            move = client.put if upload else client.get
+            result = move(sources[0], dest, restart=restart, progress=bar)
+        if result.skipped and not quiet:
+            print(f"{name}: already there and identical, nothing sent", file=out or sys.stderr)
         return True
     from .batch import plan_get, plan_put, run_batch  # only batches need it: keeps start-up lean
 

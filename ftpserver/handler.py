@@ -134,7 +134,9 @@ class FTPHandler(socketserver.StreamRequestHandler):
         subject = self.subject or header.get("path") or header.get("filename") or ""
         line = "%s %s %s %s" % (peer, self.user or "anonymous", header.get("cmd"), str(subject)[:200])
         if problem:
-            log.info("%s %s", line, problem)
+            # A stat that finds nothing is how clients ask "is it there?": not news.
+            level = logging.DEBUG if header.get("cmd") == "stat" else logging.INFO
+            log.log(level, "%s %s", line, problem)
         elif self.moved:
             log.info("%s %d bytes %.3fs %.1f MB/s", line, self.moved, seconds,
                      self.moved / max(seconds, 1e-6) / 1e6)
