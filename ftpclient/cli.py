@@ -94,9 +94,9 @@ def connect(host: str, port: int, user: str | None, tls: bool = False,
 def _password() -> str:
     password = os.environ.get("FTP_PASSWORD")
     if password is None:
-        import getpass
+        from ftpserver.auth import ask_password
 
-        password = getpass.getpass("Password: ")
+        password = ask_password("Password: ")
     return password
 
 

@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import posixpath
+import select
 import socket
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Callable, NamedTuple
@@ -125,9 +126,17 @@ class Client:
     # -- frames -------------------------------------------------------------
 
     def _send(self, header: dict[str, Any]) -> None:
-        if self._mid_body:
+        if self._mid_body or self._closed_by_server():
             self.reconnect()
         self._write(header)
+
+    def _closed_by_server(self) -> bool:
+        """True if the server has closed this idle connection (say, after its idle_timeout)."""
+        try:
+            readable, _, _ = select.select([self._sock], [], [], 0)
+            return bool(readable) and self._sock.recv(1, socket.MSG_PEEK) == b""
+        except (OSError, ValueError):  # ValueError: a TLS socket cannot peek; let the request tell
+            return False
 
     def _write(self, header: dict[str, Any]) -> None:
         try:
@@ -137,9 +146,15 @@ class Client:
 
     def _read(self) -> dict[str, Any] | None:
         try:
-            return read_frame(self._reader)
+            header = read_frame(self._reader)
         except OSError as error:
             raise self._lost(error) from None
+        except ConnectionLost:
+            self._mid_body = True
+            raise
+        if header is None:
+            self._mid_body = True  # the server closed it (idle timeout, restart): reconnect next time
+        return header
 
     def _reply(self) -> dict[str, Any]:
         return check_reply(self._read())
@@ -151,6 +166,7 @@ class Client:
         return check_reply(header)
 
     def _lost(self, error: OSError) -> ConnectionLost:
+        self._mid_body = True  # the next request opens a fresh connection
         if isinstance(error, TimeoutError):
             return ConnectionLost(f"the server at {self.host}:{self.port} stopped answering")
         return ConnectionLost(f"connection to {self.host}:{self.port} lost: {error.strerror or error}")
@@ -278,11 +294,19 @@ class Client:
         except OSError as error:
             hasher.cancel()
             self._raise_server_error(error)
+        except EOFError:
+            hasher.cancel()
+            self._abort()
+            raise LocalError(f"{path} changed during the upload; run the command again") from None
         except BaseException:
             hasher.cancel()
             self._abort()
             raise
-        md5 = hasher.result()
+        try:
+            md5 = hasher.result()
+        except (OSError, EOFError):
+            self._abort()
+            raise LocalError(f"{path} changed during the upload; run the command again") from None
         self._write({"md5": md5})
         final = self._end_of_body()
         return TransferResult(final["filename"], path, size, offset, final["md5"])
@@ -386,9 +410,10 @@ class PartialDownload:
             held = self.path.stat().st_size
         except (OSError, ValueError):
             return 0, None
-        if not isinstance(meta, dict) or not isinstance(meta.get("source"), str):
+        if not isinstance(meta, dict) or not isinstance(meta.get("source"), str) \
+                or not isinstance(meta.get("filesize"), int):
             return 0, None
-        return min(held, int(meta.get("filesize", 0))), meta["source"]
+        return min(held, meta["filesize"]), meta["source"]
 
     def start(self, remote: str, source: str, size: int, offset: int) -> None:
         """Record what is being downloaded and cut the partial to ``offset``."""
@@ -402,7 +427,10 @@ class PartialDownload:
 
     def commit(self) -> None:
         """Give the complete, verified partial its final name."""
-        os.replace(self.path, self.dest)
+        try:
+            os.replace(self.path, self.dest)
+        except OSError as error:
+            raise LocalError(f"cannot write {self.dest}: {error.strerror}") from None
         self.meta.unlink(missing_ok=True)
 
     def discard(self) -> None:

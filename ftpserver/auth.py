@@ -21,10 +21,10 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Callable
 
-from .errors import AuthFailed, ConfigError, ProtocolError
+from .errors import AuthFailed, ConfigError, LocalError, ProtocolError
 
 __all__ = ["StoredKeys", "hash_password", "parse_stored", "ScramServer", "ScramClient",
-           "LoginThrottle", "hash_password_command", "ITERATIONS"]
+           "LoginThrottle", "ask_password", "hash_password_command", "ITERATIONS"]
 
 ITERATIONS = 200_000
 MIN_ITERATIONS = 4096  # RFC 7677
@@ -193,14 +193,26 @@ class ScramClient:
             raise AuthFailed("the server could not prove it knows the password (impostor?)")
 
 
+def ask_password(prompt: str) -> str:
+    """Read a password from the terminal without echo.
+
+    Raises LocalError when there is no terminal to ask on (use FTP_PASSWORD then).
+    """
+    import getpass
+
+    try:
+        open("/dev/tty").close()  # getpass would fall back to echoing stdin
+        return getpass.getpass(prompt)
+    except (OSError, EOFError):
+        raise LocalError("no password: set FTP_PASSWORD or run from a terminal") from None
+
+
 def hash_password_command() -> int:
     """``ftpserver hash-password``: print the stored form of a password."""
     password = os.environ.get("FTP_PASSWORD")
     if password is None:
-        import getpass
-
-        password = getpass.getpass("Password: ")
-        if getpass.getpass("Again: ") != password:
+        password = ask_password("Password: ")
+        if ask_password("Again: ") != password:
             print("ftpserver: the passwords differ", file=sys.stderr)
             return 1
     if not password:

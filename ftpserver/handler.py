@@ -110,12 +110,12 @@ class FTPHandler(socketserver.StreamRequestHandler):
                 return
             except FTPError as error:
                 reply = error_reply(error)
-            except OSError as error:
-                if not self.mid_body:
-                    log.info("%s %s: connection lost: %s", peer, header.get("cmd"), error)
-                    return
+            except (ConnectionError, TimeoutError, ssl.SSLError) as error:
+                self._log(peer, header, f"connection lost: {error}")
+                return
+            except OSError as error:  # the server's own disk: say so, never just hang up
                 log.error("%s %s: %s", peer, header.get("cmd"), error)
-                reply = error_reply(InternalError(f"server cannot write the file: {error.strerror}"))
+                reply = error_reply(InternalError(f"server file error: {error.strerror or error}"))
             except Exception:
                 log.exception("%s %s failed", peer, header.get("cmd"))
                 reply = error_reply(InternalError("internal server error"))
@@ -215,11 +215,16 @@ class FTPHandler(socketserver.StreamRequestHandler):
             md5 = self.server.md5_cache.get(file)
             hasher = None if md5 else FileHasher(file, size)
             self.send(ok_reply(filename=vpath, filesize=size, offset=offset, source=tag))
+            self.mid_body = True  # from here an error can only end the connection
             try:
                 send_body(self.connection, file, offset, size - offset)
-            finally:
+            except BaseException:
                 if hasher:
-                    md5 = self.server.md5_cache.put(file, hasher.result())
+                    hasher.cancel()
+                raise
+            if hasher:
+                md5 = self.server.md5_cache.put(file, hasher.result())
+        self.mid_body = False
         self.subject, self.moved = vpath, size - offset
         self.send(ok_reply(md5=md5))
 

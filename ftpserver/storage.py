@@ -295,6 +295,8 @@ class Storage:
         dst, target = self._link(dst)
         with _os_errors(src):
             os.lstat(source)
+        if any(folder.is_relative_to(os.path.realpath(source)) for folder in self.excluded):
+            raise PathError(f"path outside the root: {src} holds another account's folder")
         if os.path.lexists(target):
             raise Exists(f"{Exists().message}: {dst}")
         if target.is_relative_to(source):

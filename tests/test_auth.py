@@ -774,3 +774,17 @@ def test_user_roots_nested_in_the_anonymous_root_stay_private(make_server: Serve
             anonymous.put(source, "alice/planted.txt")
     assert tree(anonymous_root / "alice") == before
     assert not (tmp_path / "stolen").exists()
+
+
+def test_no_password_to_read_is_one_line(accounts_server: FTPServer, local: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FTP_PASSWORD", raising=False)
+    result = run_cli(port_of(accounts_server), "-u", "alice", "ls", cwd=local, input="")
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines() == [one_line(result.stderr)]
+    assert "password" in result.stderr and "Traceback" not in result.stderr
+    hashed = subprocess.run([sys.executable, "-m", "ftpserver", "hash-password"], input="",
+                            capture_output=True, text=True, timeout=30,
+                            env={k: v for k, v in os.environ.items() if k != "FTP_PASSWORD"})
+    assert hashed.returncode != 0 and "Traceback" not in hashed.stderr
+    assert len(hashed.stderr.strip().splitlines()) == 1

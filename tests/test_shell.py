@@ -587,3 +587,23 @@ def test_put_again_right_after_ctrl_c_resumes(port: int, storage_root: Path, loc
             assert proxy.ups[-1][0] < size * 0.9  # it resumed
     finally:
         proxy.close()
+
+
+def test_shell_reconnects_after_the_server_closed_an_idle_connection(storage_root: Path,
+                                                                     local: Path) -> None:
+    from ftpserver.config import Config
+    from ftpserver.server import FTPServer
+
+    srv = FTPServer(Config(host=LOOPBACK, port=0, root=storage_root, idle_timeout=0.5))
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        with Client(LOOPBACK, srv.server_address[1], timeout=10) as client:
+            client.mkdir("kept")
+            client.cd("kept")
+            time.sleep(1.5)  # past the server's idle_timeout: it closes the connection
+            assert client.pwd() == "/kept"  # a fresh connection, same folder
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        thread.join(5)

@@ -401,3 +401,15 @@ def test_other_os_errors_pass_through() -> None:
     with pytest.raises(OSError):
         with _os_errors("/x"):
             raise OSError(errno.EIO, "I/O error")
+
+
+def test_rename_cannot_carry_away_another_accounts_root(tmp_path: Path) -> None:
+    root = tmp_path / "storage"
+    private = root / "home" / "alice"
+    private.mkdir(parents=True)
+    (private / "secret.txt").write_bytes(b"alice only")
+    anonymous = Storage(root, excluded=(private,))
+    with pytest.raises(PathError):
+        anonymous.rename("/home", "/h2")
+    assert (private / "secret.txt").read_bytes() == b"alice only"
+    assert "alice" not in [e.name for e in anonymous.listdir("/home")]
