@@ -17,18 +17,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from .auth import ScramServer
-from .errors import (AuthFailed, ChecksumError, ConnectionLost, FramingError, FTPError, Forbidden, InternalError,
-                     IsADirectory, NotADirectory, ProtocolError, QuotaExceeded,
+from .errors import (AuthFailed, ChecksumError, ConnectionLost, FramingError, FTPError, Forbidden,
+                     InternalError, IsADirectory, NotADirectory, ProtocolError, QuotaExceeded,
                      UnknownCommand)
 from .protocol import (bool_field, encode_frame, error_reply, int_field, ok_reply, read_frame,
                        text_field)
-
-
-def check_trailer(header: dict[str, Any] | None) -> dict[str, Any]:
-    """Return the trailer frame that ends a put's body.  Raises ConnectionLost if missing."""
-    if header is None:
-        raise ConnectionLost("the connection closed before the md5 trailer")
-    return header
 from .storage import Storage
 from .transfer import FileHasher, receive_body, receiving_digest, send_body
 from .uploads import PartialUpload, size_of
@@ -48,6 +41,13 @@ MAX_SOURCE = 512
 LS_BATCH = 100
 
 
+def check_trailer(header: dict[str, Any] | None) -> dict[str, Any]:
+    """Return the trailer frame that ends a put's body.  Raises ConnectionLost if missing."""
+    if header is None:
+        raise ConnectionLost("the connection closed before the md5 trailer")
+    return header
+
+
 def _mib(size: int) -> str:
     return f"{size / 1048576:.1f} MiB"
 
@@ -61,6 +61,7 @@ class FTPHandler(socketserver.StreamRequestHandler):
     def setup(self) -> None:
         self.timeout = self.server.config.idle_timeout
         super().setup()
+        self.tls_ok = True
         if isinstance(self.connection, ssl.SSLSocket):
             self._handshake()
         self.cwd = "/"
@@ -83,7 +84,7 @@ class FTPHandler(socketserver.StreamRequestHandler):
     # -- the request loop -------------------------------------------------
 
     def handle(self) -> None:
-        if not getattr(self, "tls_ok", True):
+        if not self.tls_ok:
             return
         peer = "%s:%s" % self.client_address[:2]
         log.debug("%s connected", peer)
