@@ -226,6 +226,16 @@ class Client:
         """Rename a remote file or folder; return its new path."""
         return self.request("mv", path=path, to=to)["to"]
 
+    def _remote_md5(self, path: str, size: int) -> dict[str, Any]:
+        """stat with md5: the server may have to read the whole file, so wait as long as that takes."""
+        timeout = self._sock.gettimeout()
+        if timeout is not None:
+            self._sock.settimeout(max(timeout, size / 20e6))  # 20 MB/s: even a slow disk
+        try:
+            return self.stat(path, md5=True)
+        finally:
+            self._sock.settimeout(timeout)
+
     def _remote_entry(self, path: str) -> dict[str, Any] | None:
         try:
             return self.stat(path)
@@ -279,7 +289,7 @@ class Client:
                           size: int) -> dict[str, Any] | None:
         if not entry or entry["type"] != "file" or entry["size"] != size:
             return None
-        remote = self.stat(target, md5=True)
+        remote = self._remote_md5(target, size)
         return remote if FileHasher(file, size).result() == remote.get("md5") else None
 
     def _put(self, file: BinaryIO, path: Path, target: str, size: int, source: str,
@@ -358,7 +368,7 @@ class Client:
         entry = self._remote_entry(remote)
         if not entry or entry["type"] != "file" or entry["size"] != size:
             return None
-        remote_entry = self.stat(remote, md5=True)
+        remote_entry = self._remote_md5(remote, size)
         with _open_local(dest) as file:
             return remote_entry if FileHasher(file, size).result() == remote_entry.get("md5") else None
 

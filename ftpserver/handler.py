@@ -312,7 +312,7 @@ class FTPHandler(socketserver.StreamRequestHandler):
         scram, self._scram = self._scram, None
         try:
             signature = scram.final(message)
-        except AuthFailed:
+        except (AuthFailed, ProtocolError):  # a garbled proof is a failed guess too
             self.server.throttle.failed(address)
             log.warning("%s: failed login as %r", address, scram.user)
             raise AuthFailed(f"login failed for user {scram.user!r}") from None
