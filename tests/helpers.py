@@ -2,16 +2,18 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import select
 import socket
+import struct
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 LOOPBACK = "127.0.0.1"
 
@@ -56,6 +58,34 @@ def start_cli(port: int, *args: str, cwd: Path | None = None,
         [sys.executable, "-m", "ftpclient", "-H", LOOPBACK, "-p", str(port), *args],
         cwd=cwd, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True)
+
+
+# -- raw frames, for tests that speak the wire protocol by hand ------------------
+
+def raw_frame(header: dict[str, Any]) -> bytes:
+    """A request frame as the wire carries it."""
+    payload = json.dumps(header).encode("utf-8")
+    return struct.pack("<I", len(payload)) + payload
+
+
+def recv_exact(sock: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        more = sock.recv(n - len(data))
+        if not more:
+            raise ConnectionError(f"closed after {len(data)} of {n} bytes")
+        data += more
+    return data
+
+
+def recv_frame(sock: socket.socket) -> dict[str, Any]:
+    (length,) = struct.unpack("<I", recv_exact(sock, 4))
+    return json.loads(recv_exact(sock, length))
+
+
+def ask(sock: socket.socket, header: dict[str, Any]) -> dict[str, Any]:
+    sock.sendall(raw_frame(header))
+    return recv_frame(sock)
 
 
 class ServerProcess:

@@ -29,7 +29,7 @@ from ftpserver.errors import AuthFailed, Forbidden, QuotaExceeded
 from ftpserver.server import FTPServer
 from ftpserver.storage import Storage
 
-from helpers import LOOPBACK, CuttingProxy, md5_of, random_file, run_cli
+from helpers import LOOPBACK, ask, raw_frame, recv_exact, recv_frame, CuttingProxy, md5_of, random_file, run_cli
 
 PASSWORDS = {"alice": "correct horse", "bob": "battery staple", "carol": "c4r0l",
              "rita": "read only"}
@@ -39,31 +39,6 @@ SECRET = "s3cret-pässwörd-✓"
 
 def keys_line(password: str) -> str:
     return hash_password(password, iterations=4096).line()
-
-
-def raw_frame(header: dict[str, Any]) -> bytes:
-    payload = json.dumps(header).encode("utf-8")
-    return struct.pack("<I", len(payload)) + payload
-
-
-def recv_exact(sock: socket.socket, n: int) -> bytes:
-    data = b""
-    while len(data) < n:
-        more = sock.recv(n - len(data))
-        if not more:
-            raise ConnectionError(f"closed after {len(data)} of {n} bytes")
-        data += more
-    return data
-
-
-def recv_frame(sock: socket.socket) -> dict[str, Any]:
-    (length,) = struct.unpack("<I", recv_exact(sock, 4))
-    return json.loads(recv_exact(sock, length))
-
-
-def ask(sock: socket.socket, header: dict[str, Any]) -> dict[str, Any]:
-    sock.sendall(raw_frame(header))
-    return recv_frame(sock)
 
 
 def frames_in(data: bytes) -> list[dict[str, Any]]:

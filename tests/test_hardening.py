@@ -28,32 +28,7 @@ from ftpserver.config import Config, TLSConfig
 from ftpserver.errors import Busy
 from ftpserver.server import FTPServer
 
-from helpers import LOOPBACK, CuttingProxy, md5_of, random_file, run_cli
-
-
-def raw_frame(header: dict[str, Any]) -> bytes:
-    payload = json.dumps(header).encode("utf-8")
-    return struct.pack("<I", len(payload)) + payload
-
-
-def recv_exact(sock: socket.socket, n: int) -> bytes:
-    data = b""
-    while len(data) < n:
-        more = sock.recv(n - len(data))
-        if not more:
-            raise ConnectionError(f"closed after {len(data)} of {n} bytes")
-        data += more
-    return data
-
-
-def recv_frame(sock: socket.socket) -> dict[str, Any]:
-    (length,) = struct.unpack("<I", recv_exact(sock, 4))
-    return json.loads(recv_exact(sock, length))
-
-
-def ask(sock: socket.socket, header: dict[str, Any]) -> dict[str, Any]:
-    sock.sendall(raw_frame(header))
-    return recv_frame(sock)
+from helpers import LOOPBACK, ask, raw_frame, recv_exact, recv_frame, CuttingProxy, md5_of, random_file, run_cli
 
 
 def one_line(text: str) -> str:
