@@ -43,8 +43,12 @@ class FileHasher:
         # An open file is read by position only, so its owner may use it meanwhile.
         self._owned = None if hasattr(source, "fileno") else open(source, "rb")  # type: ignore[arg-type]
         self._fd = (self._owned or source).fileno()  # type: ignore[union-attr]
-        self._thread = threading.Thread(target=self._run, name="md5", daemon=True)
-        self._thread.start()
+        self._thread: threading.Thread | None = None
+        if size <= HASH_BLOCK and self._available >= size:
+            self._run()  # a small file that is all there: a thread would cost more than it saves
+        else:
+            self._thread = threading.Thread(target=self._run, name="md5", daemon=True)
+            self._thread.start()
 
     def update(self, data: memoryview) -> None:
         """Report that ``data`` was just written at the end of the file."""
@@ -64,7 +68,8 @@ class FileHasher:
 
         Raises whatever error stopped the hashing (OSError, EOFError).
         """
-        self._thread.join()
+        if self._thread:
+            self._thread.join()
         if self._error is not None:
             raise self._error
         assert self._hexdigest is not None
@@ -75,7 +80,8 @@ class FileHasher:
         with self._ready:
             self._cancelled = True
             self._ready.notify()
-        self._thread.join()
+        if self._thread:
+            self._thread.join()
 
     def _wait_for(self, position: int) -> int:
         """Block until bytes past ``position`` are written; return how many may be read."""
