@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ftpserver.errors import ConnectionLost, Exists, FTPError, LocalError, Unreachable
+from ftpserver.errors import ConnectionLost, Exists, FTPError, Unreachable
 
 from .client import Client, ProgressCallback, TransferResult
 

@@ -6,17 +6,16 @@ bytes may follow a header, as the command says (docs/PROTOCOL.md).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import struct
-from typing import IO, Any, Callable, Protocol
+from typing import Any, Protocol
 
 from .errors import ConnectionLost, FramingError, FTPError, ProtocolError, error_for_code
 
 __all__ = [
     "MAX_HEADER", "PARTIAL_SUFFIX", "META_SUFFIX", "LENGTH", "CHUNK_SIZE", "HASH_BLOCK", "encode_frame", "decode_header",
     "parse_frame", "read_frame", "read_exact", "ok_reply", "error_reply", "check_reply", "printable",
-    "text_field", "int_field", "bool_field", "new_digest", "hash_file",
+    "text_field", "int_field", "bool_field",
 ]
 
 MAX_HEADER = 65536
@@ -192,28 +191,3 @@ def bool_field(header: dict[str, Any], key: str, default: bool = False) -> bool:
     if not isinstance(value, bool):
         raise ProtocolError(f"field '{key}' must be true or false")
     return value
-
-
-def new_digest() -> "hashlib._Hash":
-    """Return a fresh md5 object: the end-to-end check of every transfer."""
-    return hashlib.md5()
-
-
-def hash_file(file: IO[bytes], digest: "hashlib._Hash", start: int, stop: int,
-              progress: Callable[[int], None] | None = None) -> None:
-    """Feed bytes ``[start, stop)`` of ``file`` into ``digest``.
-
-    Raises EOFError if the file is shorter than ``stop``; OSError as reading does.
-    """
-    file.seek(start)
-    buffer = bytearray(HASH_BLOCK)
-    view = memoryview(buffer)
-    remaining = stop - start
-    while remaining > 0:
-        got = file.readinto(view[:min(remaining, HASH_BLOCK)])  # type: ignore[attr-defined]
-        if not got:
-            raise EOFError(f"file ended {remaining} bytes early")
-        digest.update(view[:got])
-        remaining -= got
-        if progress:
-            progress(got)

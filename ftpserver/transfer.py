@@ -1,9 +1,10 @@
 """Moving file bodies over a socket, shared by server and client.
 
-Bodies travel in fixed buffers (memory stays flat whatever the size), and the
-md5 of the whole file is computed from disk by a :class:`FileHasher` thread, so
-hashing overlaps the network I/O and a resumed transfer hashes the bytes it
-already holds without sending them again.
+Bodies travel in fixed buffers (memory stays flat whatever the size).  The md5
+of the whole file is computed as the bytes pass, or from disk by a
+:class:`FileHasher` thread that overlaps the network I/O.  Either can start
+from a saved :class:`~ftpserver.digest.Checkpoint`, so a resumed transfer need
+not hash again the bytes it already holds.
 """
 from __future__ import annotations
 
@@ -13,27 +14,46 @@ import threading
 from pathlib import Path
 from typing import BinaryIO, Callable
 
+from .digest import Checkpoint, Md5
 from .errors import ConnectionLost
-from .protocol import HASH_BLOCK, new_digest
+from .protocol import HASH_BLOCK
 
-__all__ = ["FileHasher", "receiving_digest", "receive_body", "send_body", "Progress"]
+__all__ = ["FileHasher", "receiving_digest", "receive_body", "send_body", "Progress",
+           "CHECKPOINT_EVERY"]
 
 #: Called with the number of bytes just moved.
 Progress = Callable[[int], None]
+#: Bytes between the checkpoints a FileHasher reports (a resume re-hashes at most this much).
+CHECKPOINT_EVERY = 32 * 1024 * 1024
 #: Bytes per sendfile call: large enough to be cheap, small enough for a lively progress bar.
 SEND_SLICE = 4 * 1024 * 1024
+
+
+def _md5_from(start: Checkpoint | None) -> Md5:
+    """A hash taking up ``start``, or a new one if there is none or it does not fit."""
+    if start is not None:
+        try:
+            return Md5(start)
+        except ValueError:
+            pass
+    return Md5()
 
 
 class FileHasher:
     """Compute the md5 of bytes ``[0, size)`` of a file in a background thread.
 
     The file may still be growing: the hasher never reads past the point that
-    :meth:`advance` has reported as written, so it can follow a writer.
+    :meth:`advance` has reported as written, so it can follow a writer.  With
+    ``start`` it hashes only from that checkpoint on; ``on_checkpoint`` gets the
+    state every :data:`CHECKPOINT_EVERY` bytes.
     """
 
     def __init__(self, source: str | Path | BinaryIO, size: int,
-                 available: int | None = None) -> None:
+                 available: int | None = None, start: Checkpoint | None = None,
+                 on_checkpoint: Callable[[Checkpoint], None] | None = None) -> None:
         self.size = size
+        self._digest = _md5_from(start if start and start.offset <= size else None)
+        self._on_checkpoint = on_checkpoint
         self._available = size if available is None else available
         self._woken = self._available
         self._ready = threading.Condition()
@@ -44,7 +64,7 @@ class FileHasher:
         self._owned = None if hasattr(source, "fileno") else open(source, "rb")  # type: ignore[arg-type]
         self._fd = (self._owned or source).fileno()  # type: ignore[union-attr]
         self._thread: threading.Thread | None = None
-        if size <= HASH_BLOCK and self._available >= size:
+        if size - self._digest.length <= HASH_BLOCK and self._available >= size:
             self._run()  # a small file that is all there: a thread would cost more than it saves
         else:
             self._thread = threading.Thread(target=self._run, name="md5", daemon=True)
@@ -83,6 +103,10 @@ class FileHasher:
         if self._thread:
             self._thread.join()
 
+    def checkpoint(self) -> Checkpoint | None:
+        """The state reached, once :meth:`cancel` or :meth:`result` has returned."""
+        return self._digest.checkpoint()
+
     def _wait_for(self, position: int) -> int:
         """Block until bytes past ``position`` are written; return how many may be read."""
         with self._ready:
@@ -95,12 +119,13 @@ class FileHasher:
                 self._ready.wait()
 
     def _run(self) -> None:
-        digest = new_digest()
+        digest = self._digest
         view = memoryview(bytearray(HASH_BLOCK))
-        position = 0
+        position = digest.length
         try:
             while position < self.size:
-                want = self._wait_for(position)
+                # Stop at each checkpoint boundary, so the states reported lie on them.
+                want = min(self._wait_for(position), CHECKPOINT_EVERY - position % CHECKPOINT_EVERY)
                 if not want:
                     return
                 got = os.preadv(self._fd, [view[:want]], position)
@@ -108,6 +133,10 @@ class FileHasher:
                     raise EOFError(f"file ended at byte {position} of {self.size}")
                 digest.update(view[:got])
                 position += got
+                if self._on_checkpoint and position % CHECKPOINT_EVERY == 0:
+                    checkpoint = digest.checkpoint()
+                    if checkpoint:
+                        self._on_checkpoint(checkpoint)
             self._hexdigest = digest.hexdigest()
         except BaseException as error:  # handed to result()
             self._error = error
@@ -119,9 +148,9 @@ class FileHasher:
 class _InlineDigest:
     """md5 of bytes handed to :meth:`update` as they arrive: no second read of the file."""
 
-    def __init__(self) -> None:
-        self._digest = new_digest()
-        self.update = self._digest.update
+    def __init__(self, digest: Md5) -> None:
+        self._digest = digest
+        self.update = digest.update
 
     def result(self) -> str:
         return self._digest.hexdigest()
@@ -129,15 +158,26 @@ class _InlineDigest:
     def cancel(self) -> None:
         pass
 
+    def checkpoint(self) -> Checkpoint | None:
+        return self._digest.checkpoint()
 
-def receiving_digest(path: str | Path, size: int, offset: int) -> FileHasher | _InlineDigest:
+
+def receiving_digest(path: str | Path, size: int, offset: int,
+                     start: Checkpoint | None = None) -> FileHasher | _InlineDigest:
     """The md5 of a file received into ``path`` from ``offset`` on.
 
-    From zero, the received bytes are hashed as they pass (one copy fewer, which
-    is what pays when both ends share few cores); when resuming, a
-    :class:`FileHasher` reads the held prefix from disk and then follows the writer.
+    The received bytes are hashed as they pass (one copy fewer, which is what
+    pays when both ends share few cores) when the state of the bytes held is
+    known: from zero, or from a checkpoint at ``offset``.  Otherwise a
+    :class:`FileHasher` reads the held prefix from disk, from ``start`` if that
+    is earlier, and then follows the writer.
     """
-    return _InlineDigest() if offset == 0 else FileHasher(path, size, available=offset)
+    if offset == 0 or (start and start.offset == offset):
+        digest = _md5_from(start if offset else None)
+        if digest.length == offset:
+            return _InlineDigest(digest)
+    return FileHasher(path, size, available=offset,
+                      start=start if start and start.offset < offset else None)
 
 
 def receive_body(stream: BinaryIO, file: BinaryIO, count: int, buffer_size: int,

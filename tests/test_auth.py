@@ -29,7 +29,7 @@ from ftpserver.errors import AuthFailed, Forbidden, QuotaExceeded
 from ftpserver.server import FTPServer
 from ftpserver.storage import Storage
 
-from helpers import LOOPBACK, ask, raw_frame, recv_exact, recv_frame, CuttingProxy, md5_of, random_file, run_cli
+from helpers import LOOPBACK, ask, raw_frame, recv_frame, CuttingProxy, md5_of, random_file, run_cli
 
 PASSWORDS = {"alice": "correct horse", "bob": "battery staple", "carol": "c4r0l",
              "rita": "read only"}

@@ -8,13 +8,11 @@ with the real CLI.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import socket
 import ssl
 import stat
-import struct
 import subprocess
 import threading
 import time
@@ -28,7 +26,7 @@ from ftpserver.config import Config, TLSConfig
 from ftpserver.errors import Busy
 from ftpserver.server import FTPServer
 
-from helpers import LOOPBACK, ask, raw_frame, recv_exact, recv_frame, CuttingProxy, md5_of, random_file, run_cli
+from helpers import LOOPBACK, ask, raw_frame, recv_frame, CuttingProxy, md5_of, random_file, run_cli
 
 
 def one_line(text: str) -> str:
