@@ -18,7 +18,10 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Callable, NamedTuple
 from ftpserver.errors import (ChecksumError, ConnectionLost, FTPError, IsADirectory, LocalError,
                               NotFound, Unreachable)
 from ftpserver.protocol import META_SUFFIX, PARTIAL_SUFFIX, CHUNK_SIZE, check_reply, encode_frame, read_frame
+from ftpserver.digest import Checkpoint
 from ftpserver.transfer import FileHasher, receive_body, receiving_digest, send_body
+
+from .checkpoints import CheckpointLog
 
 __all__ = ["Client", "TransferResult", "ProgressCallback", "DEFAULT_PORT"]
 
@@ -294,10 +297,15 @@ class Client:
 
     def _put(self, file: BinaryIO, path: Path, target: str, size: int, source: str,
              restart: bool, progress: ProgressCallback | None) -> TransferResult:
+        log = CheckpointLog.for_upload(path, source)
+        if log and restart:
+            log.discard()
         reply = self.request("put", filename=target, filesize=size, resume=True,
                              source=source, restart=restart)
         offset = reply["offset"]
-        hasher = FileHasher(file, size)
+        # Hash from the last checkpoint at or before the server's offset, not from zero.
+        hasher = FileHasher(file, size, start=log.best(offset) if log and offset else None,
+                            on_checkpoint=log.add if log else None)
         self._mid_body = True
         try:
             send_body(self._sock, file, offset, size - offset, _Counter(progress, offset, size))
@@ -318,7 +326,9 @@ class Client:
             self._abort()
             raise LocalError(f"{path} changed during the upload; run the command again") from None
         self._write({"md5": md5})
-        final = self._end_of_body()
+        final = self._end_of_body()  # a ChecksumError makes put() retry with restart
+        if log:
+            log.discard()
         return TransferResult(final["filename"], path, size, offset, final["md5"])
 
     def _raise_server_error(self, error: OSError) -> None:
@@ -375,26 +385,25 @@ class Client:
     def _get(self, remote: str, dest: Path, restart: bool,
              progress: ProgressCallback | None) -> TransferResult:
         partial = PartialDownload(dest)
-        held, source = (0, None) if restart else partial.resumable()
+        held, source, checkpoint = (0, None, None) if restart else partial.resumable()
         self._send({"cmd": "get", "filename": remote, "offset": held, "source": source})
         reply = self._reply()
         self._mid_body = True
         size, offset = reply["filesize"], reply["offset"]
         partial.start(reply["filename"], reply["source"], size, offset)
-        hasher = receiving_digest(partial.path, size, offset)
+        hasher = receiving_digest(partial.path, size, offset, checkpoint if offset else None)
         try:
             with open(partial.path, "r+b", buffering=0) as file:
                 file.seek(offset)
                 receive_body(self._reader, file, size - offset, self.buffer_size, hasher,
                              _Counter(progress, offset, size))
             trailer = self._end_of_body()
-        except OSError as error:
+        except BaseException as error:
             hasher.cancel()
             self._abort()
-            raise LocalError(f"cannot write {partial.path}: {error.strerror}") from None
-        except BaseException:
-            hasher.cancel()
-            self._abort()
+            partial.save_checkpoint(hasher.checkpoint(), checkpoint)
+            if isinstance(error, OSError):
+                raise LocalError(f"cannot write {partial.path}: {error.strerror}") from None
             raise
         md5 = hasher.result()
         if md5 != trailer["md5"]:
@@ -406,34 +415,52 @@ class Client:
 
 
 class PartialDownload:
-    """A download in progress: ``NAME.ftp-partial`` beside the destination, and its metadata."""
+    """A download in progress: ``NAME.ftp-partial`` beside the destination, and its
+    metadata (what is downloaded, and once cut, the md5 state of the bytes held)."""
 
     def __init__(self, dest: Path) -> None:
         self.dest = dest
         self.path = dest.with_name(dest.name + PARTIAL_SUFFIX)
         self.meta = dest.with_name(dest.name + META_SUFFIX)
+        self._fields: dict[str, Any] = {}
 
-    def resumable(self) -> tuple[int, str | None]:
-        """Return the bytes held and the server's tag for them, or (0, None)."""
+    def resumable(self) -> tuple[int, str | None, Checkpoint | None]:
+        """Return the bytes held, the server's tag for them and their md5 checkpoint,
+        or (0, None, None)."""
         try:
             meta = json.loads(self.meta.read_text("utf-8"))
             held = self.path.stat().st_size
         except (OSError, ValueError):
-            return 0, None
+            return 0, None, None
         if not isinstance(meta, dict) or not isinstance(meta.get("source"), str) \
                 or not isinstance(meta.get("filesize"), int):
-            return 0, None
-        return min(held, meta["filesize"]), meta["source"]
+            return 0, None, None
+        held = min(held, meta["filesize"])
+        checkpoint = Checkpoint.from_json(meta.get("md5"))
+        return held, meta["source"], checkpoint if checkpoint and checkpoint.offset <= held else None
 
     def start(self, remote: str, source: str, size: int, offset: int) -> None:
         """Record what is being downloaded and cut the partial to ``offset``."""
+        self._fields = {"remote": remote, "source": source, "filesize": size}
         try:
-            self.meta.write_text(json.dumps({"remote": remote, "source": source, "filesize": size}),
-                                 "utf-8")
+            self.meta.write_text(json.dumps(self._fields), "utf-8")
             with open(self.path, "ab") as file:
                 file.truncate(offset)
         except OSError as error:
             raise LocalError(f"cannot write {self.path}: {error.strerror}") from None
+
+    def save_checkpoint(self, reached: Checkpoint | None, previous: Checkpoint | None) -> None:
+        """Keep the md5 state of the bytes held, if it got past ``previous``.
+
+        The bytes are flushed to disk first: a state must never outlive its data.
+        A partial that cannot be written keeps what it had.
+        """
+        if not reached or reached.offset <= (previous.offset if previous else 0):
+            return
+        with contextlib.suppress(OSError):
+            with open(self.path, "rb") as file:
+                getattr(os, "fdatasync", os.fsync)(file.fileno())
+            self.meta.write_text(json.dumps({**self._fields, "md5": reached.to_json()}), "utf-8")
 
     def commit(self) -> None:
         """Give the complete, verified partial its final name."""

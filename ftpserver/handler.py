@@ -8,6 +8,7 @@ becomes an error reply with its code; anything else is logged and sent as
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import socketserver
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from .auth import ScramServer
+from .digest import Checkpoint
 from .errors import (AuthFailed, ChecksumError, ConnectionLost, FramingError, FTPError, Forbidden,
                      InternalError, IsADirectory, NotADirectory, ProtocolError, QuotaExceeded,
                      UnknownCommand)
@@ -255,12 +257,12 @@ class FTPHandler(socketserver.StreamRequestHandler):
             if self.quota is not None:
                 self.server.reserve(upload.path, size, storage.root,
                                     lambda pending: self._check_quota(storage, size + pending, upload, final))
-            offset = upload.prepare(size, source if resumable else None, restart)
+            offset, checkpoint = upload.prepare(size, source if resumable else None, restart)
             if resumable:
                 self.send(ok_reply(filename=vpath, offset=offset))
                 self.mid_body = True
             try:
-                md5 = self._receive(upload, size, offset)
+                md5 = self._receive(upload, size, offset, checkpoint, resumable)
             except BaseException:
                 if not resumable:
                     upload.discard()  # a one-shot put has no source tag to resume by
@@ -277,15 +279,24 @@ class FTPHandler(socketserver.StreamRequestHandler):
         self.subject, self.moved = vpath, size - offset
         return ok_reply(filename=vpath, filesize=size, md5=md5)
 
-    def _receive(self, upload: PartialUpload, size: int, offset: int) -> str:
-        """Append the body to the partial and return the md5 of the whole file."""
-        digest = receiving_digest(upload.path, size, offset)
+    def _receive(self, upload: PartialUpload, size: int, offset: int,
+                 checkpoint: Checkpoint | None, resumable: bool) -> str:
+        """Append the body to the partial and return the md5 of the whole file.
+
+        If the body is cut, the md5 state reached is saved with a resumable
+        partial, so the next attempt need not hash the bytes held again.
+        """
+        digest = receiving_digest(upload.path, size, offset, checkpoint)
         try:
             with open(upload.path, "r+b", buffering=0) as file:
                 file.seek(offset)
                 receive_body(self.rfile, file, size - offset, self.server.config.buffer_size, digest)
         except BaseException:
             digest.cancel()
+            reached = digest.checkpoint()
+            if resumable and reached and reached.offset > (checkpoint.offset if checkpoint else 0):
+                with contextlib.suppress(OSError):
+                    upload.save_checkpoint(reached)
             raise
         return digest.result()
 

@@ -2,9 +2,10 @@
 
 An upload of NAME is written to ``.NAME.ftp-partial`` beside it, with
 ``.NAME.ftp-partial.json`` recording the declared size and the client's
-``source`` tag (a string that changes whenever the client's file does).  A later
-put of the same size and source resumes at the partial's length; anything else
-starts from zero.  Only a complete, verified partial is renamed to NAME.
+``source`` tag (a string that changes whenever the client's file does), and,
+once an upload is cut, the md5 state of the bytes held.  A later put of the same
+size and source resumes at the partial's length without hashing them again;
+anything else starts from zero.  Only a complete, verified partial is renamed to NAME.
 """
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
+
+from .digest import Checkpoint
 
 __all__ = ["PartialUpload", "sweep_partials", "size_of"]
 
@@ -34,34 +37,51 @@ class PartialUpload:
     def __init__(self, path: Path, meta: Path) -> None:
         self.path = path
         self.meta = meta
+        self._meta: dict[str, Any] = {}
 
-    def prepare(self, size: int, source: str | None, restart: bool = False) -> int:
-        """Make the partial ready to receive and return the offset to resume from.
+    def prepare(self, size: int, source: str | None,
+                restart: bool = False) -> tuple[int, Checkpoint | None]:
+        """Make the partial ready to receive; return the offset to resume from
+        and the md5 checkpoint saved for the bytes before it, if any.
 
         A partial resumes only if it was started for the same ``size`` and a
         non-empty ``source``; otherwise it is emptied and recorded anew.
         """
-        held = self._resumable_length(size, source) if source and not restart else None
-        if held is None:
-            held = 0
-            self._write_meta({"filesize": size, "source": source, "started": time.time()})
+        meta = self._read_meta() if source and not restart else None
+        if meta is None or meta.get("filesize") != size or meta.get("source") != source:
+            self._meta = {"filesize": size, "source": source, "started": time.time()}
+            self._write_meta()
+            held, checkpoint = 0, None
+        else:
+            self._meta = meta
+            held = min(size_of(self.path), size)
+            checkpoint = Checkpoint.from_json(meta.get("md5"))
+            if checkpoint and checkpoint.offset > held:
+                checkpoint = None
         with open(self.path, "ab") as file:
             file.truncate(held)
-        return held
+        return held, checkpoint
 
-    def _resumable_length(self, size: int, source: str) -> int | None:
+    def save_checkpoint(self, checkpoint: Checkpoint) -> None:
+        """Record the md5 state of the first ``checkpoint.offset`` bytes of the partial.
+
+        The bytes are flushed to disk first: a state must never outlive its data.
+        """
+        with open(self.path, "rb") as file:
+            getattr(os, "fdatasync", os.fsync)(file.fileno())
+        self._meta["md5"] = checkpoint.to_json()
+        self._write_meta()
+
+    def _read_meta(self) -> dict[str, Any] | None:
         try:
             meta = json.loads(self.meta.read_text("utf-8"))
-            held = self.path.stat().st_size
         except (OSError, ValueError):
             return None
-        if not isinstance(meta, dict) or meta.get("filesize") != size or meta.get("source") != source:
-            return None
-        return min(held, size)
+        return meta if isinstance(meta, dict) else None
 
-    def _write_meta(self, fields: dict[str, object]) -> None:
+    def _write_meta(self) -> None:
         # Written in place: a torn write fails to parse, which only means "start from zero".
-        self.meta.write_text(json.dumps(fields), "utf-8")
+        self.meta.write_text(json.dumps(self._meta), "utf-8")
 
     def commit(self, final: Path, sync: bool = True) -> None:
         """Move the complete partial to ``final`` in one step and forget its metadata."""

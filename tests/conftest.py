@@ -14,6 +14,14 @@ from ftpserver.server import FTPServer
 from helpers import LOOPBACK, ServerProcess
 
 
+@pytest.fixture(autouse=True)
+def cache_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The client's cache folder (upload checkpoints), private to each test."""
+    folder = tmp_path / "cache"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(folder))
+    return folder
+
+
 @pytest.fixture
 def storage_root(tmp_path: Path) -> Path:
     root = tmp_path / "storage"

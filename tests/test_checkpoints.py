@@ -1,0 +1,230 @@
+"""A resumed transfer does not hash again the bytes already held (md5 checkpoints).
+
+Both ends save the md5 state of what they hold when a transfer is cut (the
+sender also every CHECKPOINT_EVERY bytes), so the rerun hashes only the rest.
+The tests count the bytes read back from disk for hashing (a counting wrapper
+around ``os.preadv``, which every file hash goes through), and check that a
+wrong saved state never yields a wrong file: the transfer restarts instead.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import ftpserver.transfer
+from ftpclient.checkpoints import CheckpointLog, cache_folder
+from ftpclient.client import Client
+from ftpserver.digest import Checkpoint, Md5, resumable
+from ftpserver.errors import ConnectionLost
+from ftpserver.server import FTPServer
+
+from helpers import LOOPBACK, CuttingProxy, md5_of, random_file
+from test_resume import client_partial, server_partial, wait_released
+
+pytestmark = pytest.mark.skipif(not resumable(), reason="md5 states cannot be saved here")
+
+MiB = 1024 * 1024
+SIZE = 8 * MiB
+EVERY = 1 * MiB
+
+
+@pytest.fixture(autouse=True)
+def small_checkpoints(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Checkpoints every MiB, so that files of a few MiB have several."""
+    monkeypatch.setattr(ftpserver.transfer, "CHECKPOINT_EVERY", EVERY)
+
+
+class HashReads:
+    """Counts the bytes every file hash in this process reads back from disk."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.bytes = 0
+        self._lock = threading.Lock()
+        real = os.preadv
+
+        def counting(fd: int, buffers: list, offset: int) -> int:
+            got = real(fd, buffers, offset)
+            with self._lock:
+                self.bytes += got
+            return got
+
+        monkeypatch.setattr(os, "preadv", counting)
+
+
+def cut_put(port: int, source: Path, name: str, at: float = 0.6) -> None:
+    with CuttingProxy(port, cut_after_up=int(SIZE * at)) as proxy:
+        with Client(LOOPBACK, proxy.port, timeout=30) as client:
+            with pytest.raises(ConnectionLost):
+                client.put(source, name)
+
+
+def cut_get(port: int, name: str, dest: Path, at: float = 0.6) -> None:
+    with CuttingProxy(port, cut_after_down=int(SIZE * at)) as proxy:
+        with Client(LOOPBACK, proxy.port, timeout=30) as client:
+            with pytest.raises(ConnectionLost):
+                client.get(name, dest)
+
+
+# -- the hash itself -------------------------------------------------------------
+
+@pytest.mark.parametrize("split", [0, 1, 63, 64, 65, 1000, 65536 + 7])
+def test_md5_taken_up_from_a_saved_state_equals_hashlib(split: int) -> None:
+    data = os.urandom(200_000)
+    first = Md5()
+    first.update(bytearray(data[:split]))
+    checkpoint = first.checkpoint()
+    assert checkpoint is not None and checkpoint.offset == split
+    second = Md5(Checkpoint.from_json(json.loads(json.dumps(checkpoint.to_json()))))
+    second.update(memoryview(bytearray(data[split:])))
+    second.update(b"")
+    assert second.hexdigest() == hashlib.md5(data).hexdigest()
+    assert second.hexdigest() == second.hexdigest(), "hexdigest must not end the hash"
+
+
+@pytest.mark.parametrize("state", ["", "zz", "00" * 10, "00" * 92])
+def test_md5_refuses_a_state_that_is_not_one_of_that_many_bytes(state: str) -> None:
+    with pytest.raises(ValueError):
+        Md5(Checkpoint(100, state))
+    real = Md5()
+    real.update(b"x" * 100)
+    checkpoint = real.checkpoint()
+    assert checkpoint is not None
+    with pytest.raises(ValueError):
+        Md5(checkpoint._replace(offset=101))
+
+
+# -- uploads ----------------------------------------------------------------------
+
+def test_resumed_put_hashes_only_the_missing_bytes_on_both_ends(
+        server: FTPServer, port: int, storage_root: Path, local: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    name = "resume-no-rehash.bin"
+    source = random_file(local / name, SIZE, seed=41)
+    cut_put(port, source, name)
+    wait_released(server, name)
+    partial, meta = server_partial(storage_root, name)
+    held = partial.stat().st_size
+    assert 0 < held < SIZE
+    saved = json.loads(meta.read_text())["md5"]
+    assert saved["offset"] == held, "the server saves the state of exactly the bytes it holds"
+
+    reads = HashReads(monkeypatch)
+    with Client(LOOPBACK, port, timeout=30) as client:
+        result = client.put(source, name)
+    assert result.offset == held
+    assert md5_of(storage_root / name) == md5_of(source) == result.md5
+    # Without checkpoints the server would read `held` bytes and the client all SIZE.
+    assert reads.bytes <= (SIZE - held) + EVERY, (reads.bytes, SIZE - held)
+    assert not CheckpointLog.for_upload(source, _source_tag(source)).path.exists(), \
+        "a finished upload's checkpoints are forgotten"
+
+
+def _source_tag(path: Path) -> str:
+    st = path.stat()
+    return f"{st.st_size}-{st.st_mtime_ns}-{st.st_ctime_ns}-{st.st_ino}"
+
+
+def test_wrong_server_state_restarts_the_upload_and_stores_the_right_file(
+        server: FTPServer, port: int, storage_root: Path, local: Path) -> None:
+    name = "bad-server-state.bin"
+    source = random_file(local / name, SIZE, seed=42)
+    cut_put(port, source, name)
+    wait_released(server, name)
+    _, meta = server_partial(storage_root, name)
+    fields = json.loads(meta.read_text())
+    held = fields["md5"]["offset"]
+    other = Md5()
+    other.update(os.urandom(held))  # a well-formed state of other bytes
+    fields["md5"] = other.checkpoint()._asdict()  # type: ignore[union-attr]
+    meta.write_text(json.dumps(fields))
+
+    with Client(LOOPBACK, port, timeout=30) as client:
+        result = client.put(source, name)
+    assert result.offset == 0, "after the mismatch the upload starts again from zero"
+    assert md5_of(storage_root / name) == md5_of(source)
+
+
+def test_wrong_client_checkpoints_restart_the_upload_and_store_the_right_file(
+        server: FTPServer, port: int, storage_root: Path, local: Path) -> None:
+    name = "bad-client-state.bin"
+    source = random_file(local / name, SIZE, seed=43)
+    cut_put(port, source, name)
+    wait_released(server, name)
+    log = CheckpointLog.for_upload(source, _source_tag(source))
+    assert log is not None and log.path.is_file(), "the sender keeps checkpoints as it hashes"
+    lines = log.path.read_text().splitlines()
+    assert len(lines) > 2
+    wrong = []
+    for line in lines[1:]:
+        offset = json.loads(line)["offset"]
+        other = Md5()
+        other.update(os.urandom(offset))
+        wrong.append(json.dumps(other.checkpoint()._asdict()))  # type: ignore[union-attr]
+    log.path.write_text("\n".join(lines[:1] + wrong) + "\n")
+
+    with Client(LOOPBACK, port, timeout=30) as client:
+        result = client.put(source, name)
+    assert result.offset == 0
+    assert md5_of(storage_root / name) == md5_of(source)
+
+
+def test_stale_checkpoint_logs_are_removed(tmp_path: Path, local: Path) -> None:
+    folder = cache_folder()
+    assert folder.is_relative_to(tmp_path), "tests keep the cache in their own folder"
+    folder.mkdir(parents=True)
+    old, fresh = folder / ("a" * 32 + ".log"), folder / ("b" * 32 + ".log")
+    for log in (old, fresh):
+        log.write_text('{"source": "x"}\n')
+    week_ago = time.time() - 8 * 24 * 3600
+    os.utime(old, (week_ago, week_ago))
+    source = random_file(local / "f.bin", 10)
+    log = CheckpointLog.for_upload(source, _source_tag(source))
+    assert log is not None
+    log.add(Checkpoint(0, "00"))
+    assert not old.exists() and fresh.exists() and log.path.exists()
+
+
+# -- downloads --------------------------------------------------------------------
+
+def test_resumed_get_hashes_nothing_it_already_holds(
+        server: FTPServer, port: int, storage_root: Path, local: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    name = "get-no-rehash.bin"
+    remote = random_file(storage_root / name, SIZE, seed=44)
+    dest = local / name
+    cut_get(port, name, dest)
+    partial, meta = client_partial(dest)
+    held = partial.stat().st_size
+    assert 0 < held < SIZE
+    assert json.loads(meta.read_text())["md5"]["offset"] == held
+    with Client(LOOPBACK, port, timeout=30) as client:
+        client.stat(name, md5=True)  # the server hashes the file now, not in the count below
+        reads = HashReads(monkeypatch)
+        result = client.get(name, dest)
+    assert result.offset == held
+    assert md5_of(dest) == md5_of(remote)
+    assert reads.bytes == 0, "neither end re-read the file to hash it"
+
+
+def test_wrong_download_state_restarts_the_get_and_keeps_the_right_file(
+        server: FTPServer, port: int, storage_root: Path, local: Path) -> None:
+    name = "bad-get-state.bin"
+    remote = random_file(storage_root / name, SIZE, seed=45)
+    dest = local / name
+    cut_get(port, name, dest)
+    _, meta = client_partial(dest)
+    fields = json.loads(meta.read_text())
+    other = Md5()
+    other.update(os.urandom(fields["md5"]["offset"]))
+    fields["md5"] = other.checkpoint()._asdict()  # type: ignore[union-attr]
+    meta.write_text(json.dumps(fields))
+    with Client(LOOPBACK, port, timeout=30) as client:
+        result = client.get(name, dest)
+    assert result.offset == 0
+    assert md5_of(dest) == md5_of(remote)
