@@ -1068,6 +1068,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     started = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix="ftpbench-"))
+    # The client's upload checkpoints stay with the benchmark's files.
+    os.environ["XDG_CACHE_HOME"] = CHILD_ENV["XDG_CACHE_HOME"] = str(tmp / "cache")
     bench = Bench(args, tmp)
     try:
         bench.run()
