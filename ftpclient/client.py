@@ -391,7 +391,8 @@ class Client:
         self._mid_body = True
         size, offset = reply["filesize"], reply["offset"]
         partial.start(reply["filename"], reply["source"], size, offset)
-        hasher = receiving_digest(partial.path, size, offset, checkpoint if offset else None)
+        hasher = receiving_digest(partial.path, size, offset, checkpoint if offset else None,
+                                  self.buffer_size)
         try:
             with open(partial.path, "r+b", buffering=0) as file:
                 file.seek(offset)

@@ -286,7 +286,7 @@ class FTPHandler(socketserver.StreamRequestHandler):
         If the body is cut, the md5 state reached is saved with a resumable
         partial, so the next attempt need not hash the bytes held again.
         """
-        digest = receiving_digest(upload.path, size, offset, checkpoint)
+        digest = receiving_digest(upload.path, size, offset, checkpoint, self.server.config.buffer_size)
         try:
             with open(upload.path, "r+b", buffering=0) as file:
                 file.seek(offset)

@@ -9,6 +9,7 @@ not hash again the bytes it already holds.
 from __future__ import annotations
 
 import os
+import queue
 import socket
 import threading
 from pathlib import Path
@@ -25,6 +26,8 @@ __all__ = ["FileHasher", "receiving_digest", "receive_body", "send_body", "Progr
 Progress = Callable[[int], None]
 #: Bytes between the checkpoints a FileHasher reports (a resume re-hashes at most this much).
 CHECKPOINT_EVERY = 32 * 1024 * 1024
+#: Bytes per buffer handed to the hashing thread while receiving a large body.
+PASS_BLOCK = 256 * 1024
 #: Bytes per sendfile call: large enough to be cheap, small enough for a lively progress bar.
 SEND_SLICE = 4 * 1024 * 1024
 
@@ -54,6 +57,7 @@ class FileHasher:
         self.size = size
         self._digest = _md5_from(start if start and start.offset <= size else None)
         self._on_checkpoint = on_checkpoint
+        self._receive_buffer: memoryview | None = None
         self._available = size if available is None else available
         self._woken = self._available
         self._ready = threading.Condition()
@@ -70,7 +74,13 @@ class FileHasher:
             self._thread = threading.Thread(target=self._run, name="md5", daemon=True)
             self._thread.start()
 
-    def update(self, data: memoryview) -> None:
+    def buffer(self) -> memoryview:
+        """A buffer to receive into (the writer's; the hasher reads the file itself)."""
+        if self._receive_buffer is None:
+            self._receive_buffer = memoryview(bytearray(HASH_BLOCK))
+        return self._receive_buffer
+
+    def received(self, data: memoryview) -> None:
         """Report that ``data`` was just written at the end of the file."""
         self.advance(len(data))
 
@@ -146,11 +156,17 @@ class FileHasher:
 
 
 class _InlineDigest:
-    """md5 of bytes handed to :meth:`update` as they arrive: no second read of the file."""
+    """md5 of received bytes, hashed from the receive buffer itself: no second read of the file."""
 
-    def __init__(self, digest: Md5) -> None:
+    def __init__(self, digest: Md5, size: int) -> None:
         self._digest = digest
-        self.update = digest.update
+        self._buffer = memoryview(bytearray(max(size, 1)))
+
+    def buffer(self) -> memoryview:
+        return self._buffer
+
+    def received(self, data: memoryview) -> None:
+        self._digest.update(data)
 
     def result(self) -> str:
         return self._digest.hexdigest()
@@ -162,49 +178,115 @@ class _InlineDigest:
         return self._digest.checkpoint()
 
 
-def receiving_digest(path: str | Path, size: int, offset: int,
-                     start: Checkpoint | None = None) -> FileHasher | _InlineDigest:
+class _PassingDigest(_InlineDigest):
+    """md5 of received bytes, hashed from the receive buffers on a helper thread.
+
+    The receiver fills one buffer of a small pool while the helper hashes the
+    last: hashing overlaps the network and disk I/O, and no byte is read twice.
+    """
+
+    POOL = 3
+
+    def __init__(self, digest: Md5, block: int) -> None:
+        self._digest = digest
+        self._free: queue.SimpleQueue[memoryview] = queue.SimpleQueue()
+        for _ in range(self.POOL):
+            self._free.put(memoryview(bytearray(block)))
+        self._full: queue.SimpleQueue[memoryview | None] = queue.SimpleQueue()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="md5", daemon=True)
+        self._thread.start()
+
+    def buffer(self) -> memoryview:
+        return self._free.get()
+
+    def received(self, data: memoryview) -> None:
+        self._full.put(data)
+
+    def _run(self) -> None:
+        while True:
+            data = self._full.get()
+            if data is None:
+                return
+            try:
+                if self._error is None:
+                    self._digest.update(data)
+            except BaseException as error:  # handed to result()
+                self._error = error
+            self._free.put(memoryview(data.obj))  # type: ignore[arg-type]
+
+    def _finish(self) -> None:
+        if self._thread.is_alive():
+            self._full.put(None)
+            self._thread.join()
+
+    def result(self) -> str:
+        self._finish()
+        if self._error is not None:
+            raise self._error
+        return self._digest.hexdigest()
+
+    def cancel(self) -> None:
+        self._finish()
+
+
+def receiving_digest(path: str | Path, size: int, offset: int, start: Checkpoint | None = None,
+                     buffer_size: int = HASH_BLOCK) -> FileHasher | _InlineDigest:
     """The md5 of a file received into ``path`` from ``offset`` on.
 
-    The received bytes are hashed as they pass (one copy fewer, which is what
-    pays when both ends share few cores) when the state of the bytes held is
-    known: from zero, or from a checkpoint at ``offset``.  Otherwise a
+    The received bytes are hashed from the receive buffers (no second read of
+    the file, which is what pays when both ends share few cores) when the state
+    of the bytes held is known: from zero, or from a checkpoint at ``offset``;
+    a large body is hashed on a helper thread, overlapping the I/O.  Otherwise a
     :class:`FileHasher` reads the held prefix from disk, from ``start`` if that
     is earlier, and then follows the writer.
     """
     if offset == 0 or (start and start.offset == offset):
         digest = _md5_from(start if offset else None)
         if digest.length == offset:
-            return _InlineDigest(digest)
+            block = max(buffer_size, PASS_BLOCK)
+            if size - offset > block:
+                return _PassingDigest(digest, block)
+            return _InlineDigest(digest, min(buffer_size, size - offset))
     return FileHasher(path, size, available=offset,
                       start=start if start and start.offset < offset else None)
 
 
 def receive_body(stream: BinaryIO, file: BinaryIO, count: int, buffer_size: int,
                  digest: FileHasher | _InlineDigest, progress: Progress | None = None) -> None:
-    """Copy exactly ``count`` bytes from ``stream`` to ``file`` in fixed buffers.
+    """Copy exactly ``count`` bytes from ``stream`` to ``file``, ``buffer_size`` at most per
+    read and write, into the buffers ``digest`` lends.
 
-    Each buffer goes to ``digest.update`` once written, and its size to ``progress``.
-    Raises ConnectionLost if the stream ends or fails early; OSError from writing.
+    Every byte written is handed to ``digest.received`` (even when the copy
+    fails), and each read's size to ``progress``.  Raises ConnectionLost if the
+    stream ends or fails early; OSError from writing.
     """
-    view = memoryview(bytearray(min(buffer_size, max(count, 1))))
     # readinto1 returns what has arrived instead of waiting to fill the buffer,
     # so bytes received before a stall or a cut are written, not lost.
     read = getattr(stream, "readinto1", None) or stream.readinto  # type: ignore[attr-defined]
     remaining = count
-    while remaining:
-        try:
-            got = read(view[:min(remaining, len(view))])
-        except OSError as error:
-            raise ConnectionLost(f"connection lost with {remaining} bytes of the body missing: "
-                                 f"{error.strerror or error}") from None
-        if not got:
-            raise ConnectionLost(f"connection closed with {remaining} bytes of the body missing")
-        _write_all(file, view[:got])
-        digest.update(view[:got])
-        remaining -= got
-        if progress:
-            progress(got)
+    view, filled = digest.buffer(), 0
+    try:
+        while remaining:
+            want = min(buffer_size, remaining, len(view) - filled)
+            try:
+                got = read(view[filled:filled + want])
+            except OSError as error:
+                raise ConnectionLost(f"connection lost with {remaining} bytes of the body missing: "
+                                     f"{error.strerror or error}") from None
+            if not got:
+                raise ConnectionLost(f"connection closed with {remaining} bytes of the body missing")
+            _write_all(file, view[filled:filled + got])
+            filled += got
+            remaining -= got
+            if progress:
+                progress(got)
+            if filled == len(view) and remaining:
+                digest.received(view)
+                view, filled = digest.buffer(), 0
+    finally:
+        if filled:
+            digest.received(view[:filled])
 
 
 def _write_all(file: BinaryIO, data: memoryview) -> None:
