@@ -12,6 +12,7 @@ A state never crosses the wire; each end saves and restores its own.
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import struct
 from typing import NamedTuple
@@ -24,8 +25,10 @@ _CTX = struct.Struct("=4I2I64sI")
 _ROOM = 256
 
 
-def _load() -> ctypes.CDLL | None:
-    """OpenSSL's MD5 functions, from the library hashlib uses, if they work as expected."""
+@functools.cache
+def _lib() -> ctypes.CDLL | None:
+    """OpenSSL's MD5 functions, from the library hashlib uses, if they work as expected
+    (loaded on first use: a command that moves no file does not pay for it)."""
     try:
         import _hashlib  # the module links libcrypto, so its handle reaches MD5_*
 
@@ -47,12 +50,9 @@ def _load() -> ctypes.CDLL | None:
         return None
 
 
-_LIB = _load()
-
-
 def resumable() -> bool:
     """Whether md5 states can be saved here."""
-    return _LIB is not None
+    return _lib() is not None
 
 
 class Checkpoint(NamedTuple):
@@ -81,14 +81,15 @@ class Md5:
         """A new hash, or one taking up ``start``; raises ValueError for a state that does not fit."""
         self.length = 0
         self._hashlib = None
-        if _LIB is None:
+        self._lib = _lib()
+        if self._lib is None:
             if start is not None:
                 raise ValueError("md5 states cannot be restored here")
             self._hashlib = hashlib.md5()
             return
         self._ctx = ctypes.create_string_buffer(_ROOM)
         if start is None:
-            _LIB.MD5_Init(self._ctx)
+            self._lib.MD5_Init(self._ctx)
             return
         try:
             raw = bytes.fromhex(start.state)
@@ -111,7 +112,7 @@ class Md5:
             pointer = (ctypes.c_char * len(data)).from_buffer(data)  # no copy
         except TypeError:  # read-only
             pointer = bytes(data)
-        _LIB.MD5_Update(self._ctx, pointer, len(data))  # type: ignore[union-attr]
+        self._lib.MD5_Update(self._ctx, pointer, len(data))  # type: ignore[union-attr]
 
     def hexdigest(self) -> str:
         """The md5 of everything hashed so far; hashing may go on after."""
@@ -119,7 +120,7 @@ class Md5:
             return self._hashlib.hexdigest()
         ctx = ctypes.create_string_buffer(self._ctx.raw, _ROOM)
         out = ctypes.create_string_buffer(16)
-        _LIB.MD5_Final(out, ctx)  # type: ignore[union-attr]
+        self._lib.MD5_Final(out, ctx)  # type: ignore[union-attr]
         return out.raw.hex()
 
     def checkpoint(self) -> Checkpoint | None:

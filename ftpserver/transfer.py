@@ -28,6 +28,8 @@ Progress = Callable[[int], None]
 CHECKPOINT_EVERY = 32 * 1024 * 1024
 #: Bytes per buffer handed to the hashing thread while receiving a large body.
 PASS_BLOCK = 256 * 1024
+#: Bodies up to this size are hashed in the receiving thread: a helper would cost more.
+PASS_MIN = 4 * 1024 * 1024
 #: Bytes per sendfile call: large enough to be cheap, small enough for a lively progress bar.
 SEND_SLICE = 4 * 1024 * 1024
 
@@ -244,9 +246,8 @@ def receiving_digest(path: str | Path, size: int, offset: int, start: Checkpoint
     if offset == 0 or (start and start.offset == offset):
         digest = _md5_from(start if offset else None)
         if digest.length == offset:
-            block = max(buffer_size, PASS_BLOCK)
-            if size - offset > block:
-                return _PassingDigest(digest, block)
+            if size - offset > PASS_MIN:
+                return _PassingDigest(digest, max(buffer_size, PASS_BLOCK))
             return _InlineDigest(digest, min(buffer_size, size - offset))
     return FileHasher(path, size, available=offset,
                       start=start if start and start.offset < offset else None)
