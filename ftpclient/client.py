@@ -390,9 +390,10 @@ class Client:
         reply = self._reply()
         self._mid_body = True
         size, offset = reply["filesize"], reply["offset"]
-        partial.start(reply["filename"], reply["source"], size, offset)
-        hasher = receiving_digest(partial.path, size, offset, checkpoint if offset else None,
-                                  self.buffer_size)
+        checkpoint = checkpoint if offset else None
+        partial.start(reply["filename"], reply["source"], size, offset, checkpoint)
+        hasher = receiving_digest(partial.path, size, offset, checkpoint, self.buffer_size,
+                                  partial.save_checkpoint)
         try:
             with open(partial.path, "r+b", buffering=0) as file:
                 file.seek(offset)
@@ -402,7 +403,7 @@ class Client:
         except BaseException as error:
             hasher.cancel()
             self._abort()
-            partial.save_checkpoint(hasher.checkpoint(), checkpoint)
+            partial.save_checkpoint(hasher.checkpoint())
             if isinstance(error, OSError):
                 raise LocalError(f"cannot write {partial.path}: {error.strerror}") from None
             raise
@@ -424,6 +425,7 @@ class PartialDownload:
         self.path = dest.with_name(dest.name + PARTIAL_SUFFIX)
         self.meta = dest.with_name(dest.name + META_SUFFIX)
         self._fields: dict[str, Any] = {}
+        self._saved = 0  # bytes the saved md5 state covers
 
     def resumable(self) -> tuple[int, str | None, Checkpoint | None]:
         """Return the bytes held, the server's tag for them and their md5 checkpoint,
@@ -438,30 +440,32 @@ class PartialDownload:
             return 0, None, None
         held = min(held, meta["filesize"])
         checkpoint = Checkpoint.from_json(meta.get("md5"))
-        return held, meta["source"], checkpoint if checkpoint and checkpoint.offset <= held else None
+        return held, meta["source"], checkpoint if checkpoint and checkpoint.holds(held) else None
 
-    def start(self, remote: str, source: str, size: int, offset: int) -> None:
+    def start(self, remote: str, source: str, size: int, offset: int,
+              checkpoint: Checkpoint | None = None) -> None:
         """Record what is being downloaded and cut the partial to ``offset``."""
         self._fields = {"remote": remote, "source": source, "filesize": size}
+        self._saved = checkpoint.offset if checkpoint else 0
         try:
-            self.meta.write_text(json.dumps(self._fields), "utf-8")
+            self.meta.write_text(json.dumps(
+                {**self._fields, "md5": checkpoint.to_json()} if checkpoint else self._fields), "utf-8")
             with open(self.path, "ab") as file:
                 file.truncate(offset)
         except OSError as error:
             raise LocalError(f"cannot write {self.path}: {error.strerror}") from None
 
-    def save_checkpoint(self, reached: Checkpoint | None, previous: Checkpoint | None) -> None:
-        """Keep the md5 state of the bytes held, if it got past ``previous``.
+    def save_checkpoint(self, reached: Checkpoint | None) -> None:
+        """Keep the md5 state of the bytes held, if it covers more than the one kept.
 
-        The bytes are flushed to disk first: a state must never outlive its data.
         A partial that cannot be written keeps what it had.
         """
-        if not reached or reached.offset <= (previous.offset if previous else 0):
+        if not reached or reached.offset <= self._saved:
             return
         with contextlib.suppress(OSError):
-            with open(self.path, "rb") as file:
-                getattr(os, "fdatasync", os.fsync)(file.fileno())
-            self.meta.write_text(json.dumps({**self._fields, "md5": reached.to_json()}), "utf-8")
+            fields = {**self._fields, "md5": reached.kept_for(self.path).to_json()}
+            self.meta.write_text(json.dumps(fields), "utf-8")
+            self._saved = reached.offset
 
     def commit(self) -> None:
         """Give the complete, verified partial its final name."""

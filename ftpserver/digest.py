@@ -14,10 +14,12 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
+import os
 import struct
+from pathlib import Path
 from typing import NamedTuple
 
-__all__ = ["Md5", "Checkpoint", "resumable"]
+__all__ = ["Md5", "Checkpoint", "resumable", "boot_id"]
 
 #: OpenSSL's MD5_CTX: A, B, C, D, Nl, Nh (bit count), data[16], num (bytes in data).
 _CTX = struct.Struct("=4I2I64sI")
@@ -55,23 +57,56 @@ def resumable() -> bool:
     return _lib() is not None
 
 
+@functools.cache
+def boot_id() -> str | None:
+    """An id of the running operating system boot (Linux), or None where there is none."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip() or None
+    except OSError:
+        return None
+
+
 class Checkpoint(NamedTuple):
     """The md5 state after the first ``offset`` bytes of a file."""
     offset: int
     state: str  # hex of the saved context
+    #: For bytes being received: the boot they were written in, if they may not be on disk yet.
+    boot: str | None = None
 
     def to_json(self) -> dict[str, object]:
-        return {"offset": self.offset, "state": self.state}
+        fields: dict[str, object] = {"offset": self.offset, "state": self.state}
+        if self.boot:
+            fields["boot"] = self.boot
+        return fields
 
     @classmethod
     def from_json(cls, value: object) -> "Checkpoint | None":
         """A checkpoint read back from metadata, or None if it is not one."""
         if not isinstance(value, dict):
             return None
-        offset, state = value.get("offset"), value.get("state")
-        if type(offset) is not int or offset < 0 or not isinstance(state, str):
+        offset, state, boot = value.get("offset"), value.get("state"), value.get("boot")
+        if type(offset) is not int or offset < 0 or not isinstance(state, str) \
+                or not isinstance(boot, (str, type(None))):
             return None
-        return cls(offset, state)
+        return cls(offset, state, boot)
+
+    def kept_for(self, data: Path) -> "Checkpoint":
+        """This checkpoint, made safe to keep beside the received bytes in ``data``.
+
+        Until the machine restarts, the bytes written are there to read (the page
+        cache holds what is not yet on disk), so the checkpoint is tied to this
+        boot and nothing waits for the disk.  Where the boot cannot be told, the
+        bytes are flushed to disk first.  Raises OSError from flushing.
+        """
+        boot = boot_id()
+        if boot is None:
+            with open(data, "rb") as file:
+                getattr(os, "fdatasync", os.fsync)(file.fileno())
+        return self._replace(boot=boot)
+
+    def holds(self, held: int) -> bool:
+        """Whether this checkpoint still describes a file of which ``held`` bytes are kept."""
+        return self.offset <= held and (self.boot is None or self.boot == boot_id())
 
 
 class Md5:

@@ -283,20 +283,27 @@ class FTPHandler(socketserver.StreamRequestHandler):
                  checkpoint: Checkpoint | None, resumable: bool) -> str:
         """Append the body to the partial and return the md5 of the whole file.
 
-        If the body is cut, the md5 state reached is saved with a resumable
-        partial, so the next attempt need not hash the bytes held again.
+        A resumable partial keeps the md5 state of its bytes as they come (and
+        where a cut left them), so the next attempt need not hash them again.
         """
-        digest = receiving_digest(upload.path, size, offset, checkpoint, self.server.config.buffer_size)
+        saved = checkpoint.offset if checkpoint else 0
+
+        def keep(reached: Checkpoint | None) -> None:
+            nonlocal saved
+            if resumable and reached and reached.offset > saved:
+                with contextlib.suppress(OSError):
+                    upload.save_checkpoint(reached)
+                    saved = reached.offset
+
+        digest = receiving_digest(upload.path, size, offset, checkpoint,
+                                  self.server.config.buffer_size, keep)
         try:
             with open(upload.path, "r+b", buffering=0) as file:
                 file.seek(offset)
                 receive_body(self.rfile, file, size - offset, self.server.config.buffer_size, digest)
         except BaseException:
             digest.cancel()
-            reached = digest.checkpoint()
-            if resumable and reached and reached.offset > (checkpoint.offset if checkpoint else 0):
-                with contextlib.suppress(OSError):
-                    upload.save_checkpoint(reached)
+            keep(digest.checkpoint())
             raise
         return digest.result()
 

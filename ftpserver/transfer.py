@@ -189,8 +189,10 @@ class _PassingDigest(_InlineDigest):
 
     POOL = 3
 
-    def __init__(self, digest: Md5, block: int) -> None:
+    def __init__(self, digest: Md5, block: int,
+                 on_checkpoint: Callable[[Checkpoint], None] | None = None) -> None:
         self._digest = digest
+        self._on_checkpoint = on_checkpoint
         self._free: queue.SimpleQueue[memoryview] = queue.SimpleQueue()
         for _ in range(self.POOL):
             self._free.put(memoryview(bytearray(block)))
@@ -213,9 +215,18 @@ class _PassingDigest(_InlineDigest):
             try:
                 if self._error is None:
                     self._digest.update(data)
+                    self._report(len(data))
             except BaseException as error:  # handed to result()
                 self._error = error
             self._free.put(memoryview(data.obj))  # type: ignore[arg-type]
+
+    def _report(self, count: int) -> None:
+        """Hand out the state each time the hash passes a multiple of CHECKPOINT_EVERY."""
+        length = self._digest.length
+        if self._on_checkpoint and length // CHECKPOINT_EVERY > (length - count) // CHECKPOINT_EVERY:
+            checkpoint = self._digest.checkpoint()
+            if checkpoint:
+                self._on_checkpoint(checkpoint)
 
     def _finish(self) -> None:
         if self._thread.is_alive():
@@ -233,7 +244,9 @@ class _PassingDigest(_InlineDigest):
 
 
 def receiving_digest(path: str | Path, size: int, offset: int, start: Checkpoint | None = None,
-                     buffer_size: int = HASH_BLOCK) -> FileHasher | _InlineDigest:
+                     buffer_size: int = HASH_BLOCK,
+                     on_checkpoint: Callable[[Checkpoint], None] | None = None,
+                     ) -> FileHasher | _InlineDigest:
     """The md5 of a file received into ``path`` from ``offset`` on.
 
     The received bytes are hashed from the receive buffers (no second read of
@@ -241,16 +254,18 @@ def receiving_digest(path: str | Path, size: int, offset: int, start: Checkpoint
     of the bytes held is known: from zero, or from a checkpoint at ``offset``;
     a large body is hashed on a helper thread, overlapping the I/O.  Otherwise a
     :class:`FileHasher` reads the held prefix from disk, from ``start`` if that
-    is earlier, and then follows the writer.
+    is earlier, and then follows the writer.  Either hands ``on_checkpoint`` the
+    state every CHECKPOINT_EVERY bytes of a large body (it must not raise).
     """
     if offset == 0 or (start and start.offset == offset):
         digest = _md5_from(start if offset else None)
         if digest.length == offset:
             if size - offset > PASS_MIN:
-                return _PassingDigest(digest, max(buffer_size, PASS_BLOCK))
+                return _PassingDigest(digest, max(buffer_size, PASS_BLOCK), on_checkpoint)
             return _InlineDigest(digest, min(buffer_size, size - offset))
     return FileHasher(path, size, available=offset,
-                      start=start if start and start.offset < offset else None)
+                      start=start if start and start.offset < offset else None,
+                      on_checkpoint=on_checkpoint)
 
 
 def receive_body(stream: BinaryIO, file: BinaryIO, count: int, buffer_size: int,

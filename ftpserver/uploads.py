@@ -56,7 +56,7 @@ class PartialUpload:
             self._meta = meta
             held = min(size_of(self.path), size)
             checkpoint = Checkpoint.from_json(meta.get("md5"))
-            if checkpoint and checkpoint.offset > held:
+            if checkpoint and not checkpoint.holds(held):
                 checkpoint = None
         with open(self.path, "ab") as file:
             file.truncate(held)
@@ -65,11 +65,9 @@ class PartialUpload:
     def save_checkpoint(self, checkpoint: Checkpoint) -> None:
         """Record the md5 state of the first ``checkpoint.offset`` bytes of the partial.
 
-        The bytes are flushed to disk first: a state must never outlive its data.
+        Raises OSError if it cannot be written.
         """
-        with open(self.path, "rb") as file:
-            getattr(os, "fdatasync", os.fsync)(file.fileno())
-        self._meta["md5"] = checkpoint.to_json()
+        self._meta["md5"] = checkpoint.kept_for(self.path).to_json()
         self._write_meta()
 
     def _read_meta(self) -> dict[str, Any] | None:

@@ -24,8 +24,9 @@ from ftpserver.digest import Checkpoint, Md5, resumable
 from ftpserver.errors import ConnectionLost
 from ftpserver.server import FTPServer
 
-from helpers import LOOPBACK, CuttingProxy, md5_of, random_file
-from test_resume import client_partial, server_partial, wait_released
+from helpers import LOOPBACK, CuttingProxy, ServerProcess, md5_of, random_file, start_cli
+from test_resume import (GRACE, StallingProxy, client_partial, server_partial, size_or_zero,
+                         wait_released, wait_until)
 
 pytestmark = pytest.mark.skipif(not resumable(), reason="md5 states cannot be saved here")
 
@@ -134,6 +135,68 @@ def test_resumed_put_hashes_only_the_missing_bytes_on_both_ends(
     assert reads.bytes <= (SIZE - held) + EVERY, (reads.bytes, SIZE - held)
     assert not CheckpointLog.for_upload(source, _source_tag(source)).path.exists(), \
         "a finished upload's checkpoints are forgotten"
+
+
+def test_a_state_from_another_boot_is_not_trusted(
+        server: FTPServer, port: int, storage_root: Path, local: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bytes not yet on disk when the state was saved may be gone after a restart
+    of the machine: such a state is used only within the boot that saved it."""
+    name = "other-boot.bin"
+    source = random_file(local / name, SIZE, seed=46)
+    cut_put(port, source, name)
+    wait_released(server, name)
+    partial, meta = server_partial(storage_root, name)
+    held = partial.stat().st_size
+    fields = json.loads(meta.read_text())
+    if "boot" not in fields["md5"]:
+        pytest.skip("no boot id here: states are saved after a flush to disk instead")
+    fields["md5"]["boot"] = "another-boot"
+    meta.write_text(json.dumps(fields))
+
+    reads = HashReads(monkeypatch)
+    with Client(LOOPBACK, port, timeout=30) as client:
+        result = client.put(source, name)
+    assert result.offset == held, "the bytes held still resume, they are hashed again"
+    assert reads.bytes >= held + (SIZE - held)
+    assert md5_of(storage_root / name) == md5_of(source)
+
+
+def test_server_killed_mid_upload_keeps_the_states_saved_on_the_way(
+        server_process: ServerProcess, tmp_path: Path, local: Path) -> None:
+    """A receiver saves its state every 32 MiB, so even a killed server resumes
+    from its last one instead of hashing everything it holds."""
+    size = 80 * MiB
+    storage_root = tmp_path / "storage"
+    name = "killed-server-states.bin"
+    source = random_file(local / name, size, seed=47)
+    partial, meta = server_partial(storage_root, name)
+    stall = 72 * MiB
+    server_process.start()
+    port = server_process.port
+    with StallingProxy(port, stall_after_up=stall) as proxy:
+        process = start_cli(proxy.port, "put", name, cwd=local)
+        try:
+            wait_until(lambda: size_or_zero(partial) >= stall - GRACE, timeout=60,
+                       what="the server-side partial to grow")
+            server_process.kill()
+            process.communicate(timeout=30)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+    saved = Checkpoint.from_json(json.loads(meta.read_text()).get("md5"))
+    assert saved is not None and saved.offset == 64 * MiB, saved and saved.offset
+
+    restarted = ServerProcess(server_process.config, port=port)
+    restarted.start()
+    try:
+        with Client(LOOPBACK, restarted.port, timeout=60) as client:
+            result = client.put(source, name)
+        assert result.offset >= stall - GRACE
+        assert md5_of(storage_root / name) == md5_of(source) == result.md5
+    finally:
+        restarted.stop()
 
 
 def _source_tag(path: Path) -> str:
