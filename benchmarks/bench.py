@@ -102,6 +102,22 @@ def proc_status(pid: int, key: str) -> int | None:
     return None
 
 
+def proc_cpu(pid: int) -> float | None:
+    """CPU seconds (user + system) a process has used so far, or None."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def my_cpu(who: int = resource.RUSAGE_SELF) -> float:
+    """CPU seconds (user + system) of this process (or of its waited-for children)."""
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
+
+
 def reset_peak(pid: int) -> bool:
     """Reset a process's VmHWM to its current RSS (Linux >= 4.0); False if not possible."""
     try:
@@ -295,6 +311,9 @@ class Result:
     client_rss: int | None = None
     rss_note: str = "peak"          # "peak" = VmHWM, "held" = VmRSS while connections are held
     error: str | None = None
+    #: CPU seconds per unit of work (a GiB moved, or 100 files), one per sample.
+    server_cpu: list[float] = field(default_factory=list)
+    client_cpu: list[float] = field(default_factory=list)
 
     def add(self, value: float, server_rss: int | None = None,
             client_rss: int | None = None) -> None:
@@ -353,6 +372,7 @@ class Bench:
         self.cli_count = 10 if args.quick else 100
         self.jobs = 2 * (os.cpu_count() or 1)
         self.idle = 500
+        self.server_cpu: float | None = None
         self.names = {"n": self.clients, "jobs": self.jobs, "idle": self.idle,
                       "big": human_size(BIG_SIZE)}
 
@@ -369,6 +389,14 @@ class Bench:
                client_rss: int | None = None) -> None:
         self.result(key).add(value, server_rss, client_rss)
 
+    def record_cpu(self, key: str, server: float | None, client: float | None,
+                   work: float) -> None:
+        """Record CPU seconds spent on ``work`` units (GiB moved, or hundreds of files)."""
+        result = self.result(key)
+        if server is not None and client is not None and work > 0:
+            result.server_cpu.append(server / work)
+            result.client_cpu.append(client / work)
+
     def server(self, name: str) -> Server:
         if name not in self.servers:
             start = start_ours if name == "ours" else start_pyftpdlib
@@ -379,9 +407,15 @@ class Bench:
         return server
 
     def sample_server(self, server: Server, action: Callable[[], Any]) -> tuple[Any, int | None]:
-        """Run ``action`` and return its result with the server's peak RSS meanwhile."""
+        """Run ``action`` and return its result with the server's peak RSS meanwhile.
+
+        The server's CPU seconds meanwhile are left in ``self.server_cpu``.
+        """
         reset_peak(server.pid)
+        before = proc_cpu(server.pid)
         value = action()
+        after = proc_cpu(server.pid)
+        self.server_cpu = None if before is None or after is None else after - before
         return value, proc_status(server.pid, "VmHWM")
 
     # -- setup --
@@ -420,6 +454,7 @@ class Bench:
                 remove(out)
             self.record(key, self.size / MB / receiver["seconds"],
                         server_rss=receiver["hwm"], client_rss=sender["hwm"])
+            self.record_cpu(key, receiver["cpu"], sender["cpu"], self.size / GiB)
         # Reference, once: how fast the disk takes a file that must be durable (ours fsyncs
         # every upload before renaming it into place).
         if run > 1:
@@ -467,6 +502,7 @@ class Bench:
         put, rss = self.sample_server(server, lambda: run_worker(
             ["ftplib-put", server.port, self.main, "main.bin"], timeout))
         self.record("pyftpdlib_stor", self.size / MB / put["seconds"], rss, put["hwm"])
+        self.record_cpu("pyftpdlib_stor", self.server_cpu, put["cpu"], self.size / GiB)
         try:
             get, rss = self.sample_server(server, lambda: run_worker(
                 ["ftplib-get", server.port, "main.bin", out], timeout))
@@ -475,6 +511,7 @@ class Bench:
         finally:
             remove(out)
         self.record("pyftpdlib_retr", self.size / MB / get["seconds"], rss, get["hwm"])
+        self.record_cpu("pyftpdlib_retr", self.server_cpu, get["cpu"], self.size / GiB)
 
     def bench_ours(self, run: int) -> None:
         server = self.server("ours")
@@ -483,6 +520,7 @@ class Bench:
             ["ours-put", server.port, self.main, "main.bin"], timeout))
         self._check_md5("ours put", put["md5"])
         self.record("ours_put", self.size / MB / put["seconds"], rss, put["hwm"])
+        self.record_cpu("ours_put", self.server_cpu, put["cpu"], self.size / GiB)
         out = self.tmp / "ours_out.bin"
         for key in ("ours_get", "ours_get_again"):
             try:
@@ -492,6 +530,7 @@ class Bench:
                 remove(out)
             self._check_md5("ours get", get["md5"])
             self.record(key, self.size / MB / get["seconds"], rss, get["hwm"])
+            self.record_cpu(key, self.server_cpu, get["cpu"], self.size / GiB)
 
     def _check_md5(self, what: str, md5: str, expected: str | None = None) -> None:
         if md5 != (expected or self.main_md5):
@@ -507,6 +546,7 @@ class Bench:
             finally:
                 self._clean(server, prefix)
             self.record(f"threads_{name}", done["files"] / done["seconds"], rss, done["hwm"])
+            self.record_cpu(f"threads_{name}", self.server_cpu, done["cpu"], done["files"] / 100)
 
     def bench_cli(self, run: int) -> None:
         script = self.tmp / "ftplib_one_shot.py"
@@ -521,6 +561,7 @@ class Bench:
             finally:
                 self._clean(server, prefix)
             self.record(f"cli_{name}", done["files"] / done["seconds"], rss, done["hwm"])
+            self.record_cpu(f"cli_{name}", self.server_cpu, done["cpu"], done["files"] / 100)
 
     def _clean(self, server: Server, prefix: str) -> None:
         for path in server.root.glob(f"*{prefix}*"):
@@ -751,12 +792,30 @@ def _mb(size: int | None) -> float | None:
     return None if size is None else size / MB
 
 
+def cpu_bound(result: Result) -> float | None:
+    """The rate this machine's cores would allow if they did nothing but this measure's
+    work on both ends (MB/s or files/s), from the median CPU seconds per unit."""
+    if not result.server_cpu:
+        return None
+    both = statistics.median(s + c for s, c in zip(result.server_cpu, result.client_cpu))
+    if both <= 0:
+        return None
+    cores = os.cpu_count() or 1
+    return cores * GiB / MB / both if result.unit == "MB/s" else cores * 100 / both
+
+
 RATIOS = [
     Ratio("put / md5 in memory", "ours_put", "md5", ">=", 0.8),
     Ratio("put / pyftpdlib STOR (no hash)", "ours_put", "pyftpdlib_stor", ">=", 0.75),
     Ratio("put / naive md5 copy", "ours_put", "naive", ">=", 1.1),
+    Ratio("put: CPU bound (cores / CPU-s per GiB, both ends) / md5 in memory", "ours_put", "md5",
+          "info", 0, cpu_bound),
+    Ratio("put: measured / its CPU bound (1.0 = the cores never idle)", "ours_put", None,
+          "info", 0, lambda r: r.median / cpu_bound(r) if cpu_bound(r) else None),
     Ratio("get / md5 in memory", "ours_get", "md5", ">=", 0.8),
     Ratio("files/s ours / pyftpdlib, threads", "threads_ours", "threads_pyftpdlib", ">=", 1.0),
+    Ratio("files/s, threads: our CPU bound / pyftpdlib measured", "threads_ours",
+          "threads_pyftpdlib", "info", 0, cpu_bound),
     Ratio("files/s ours / pyftpdlib, one command each", "cli_ours", "cli_pyftpdlib", ">=", 1.0),
     Ratio("ours: server RSS with 500 idle connections (MB)", "idle_ours", None, "<", 100,
           lambda r: _mb(r.server_rss)),
@@ -778,6 +837,22 @@ def _big_rss(results: dict[str, Result]) -> None:
         for attr in ("server_rss", "client_rss"):
             values = [v for v in (getattr(put, attr), getattr(get, attr)) if v is not None]
             setattr(put, attr, max(values) if values else None)
+
+
+def _cpu_table(results: dict[str, Result]) -> list[str]:
+    lines = ["", "| CPU per unit of work (medians) | server | client | both | unit | "
+                 f"bound on {os.cpu_count()} cores |",
+             "|---|---:|---:|---:|---|---:|"]
+    for key in MEASURES:
+        result = results.get(key)
+        if result is None or not result.server_cpu:
+            continue
+        server, client = statistics.median(result.server_cpu), statistics.median(result.client_cpu)
+        both = statistics.median(s + c for s, c in zip(result.server_cpu, result.client_cpu))
+        unit = "CPU-s per GiB" if result.unit == "MB/s" else "CPU-s per 100 files"
+        lines.append(f"| {result.label} | {server:.2f} | {client:.2f} | {both:.2f} | {unit} | "
+                     f"{fmt_value(cpu_bound(result), result.unit)} {result.unit} |")
+    return lines if len(lines) > 2 else []
 
 
 def render(bench: Bench) -> str:
@@ -806,6 +881,7 @@ def render(bench: Bench) -> str:
         lines.append(f"| {label} | {fmt_value(result.median, result.unit)} | {spread} | "
                      f"{result.unit} | {fmt_rss(result.server_rss, result.rss_note)} | "
                      f"{fmt_rss(result.client_rss)} |")
+    lines += _cpu_table(results)
     _big_rss(results)
     lines += ["", "| target | value | goal | met |", "|---|---:|---:|---|"]
     for ratio in RATIOS:
@@ -824,6 +900,8 @@ def render(bench: Bench) -> str:
         "RSS is the peak (VmHWM) during the samples, reset before each one; 'held' is VmRSS "
         "while the idle connections are open. For the raw copies 'server' is the receiver "
         "and 'client' the sender. files/s counts each put and each get as one file. "
+        "CPU is user + system time of the server process and of the client process(es) "
+        "during the samples; 'bound' is the rate if every core did only that work. "
         "Rates are computed from the medians; all files sit in the page cache.",
     ]
     return "\n".join(lines)
@@ -852,6 +930,7 @@ def worker_recv(fd: str, out: str, naive: str) -> dict[str, Any]:
     listener = socket.socket(fileno=int(fd))
     listener.settimeout(60)
     conn, _ = listener.accept()
+    cpu_started = my_cpu()
     started = time.perf_counter()
     conn.settimeout(60)
     buffer = bytearray(MiB)
@@ -868,13 +947,16 @@ def worker_recv(fd: str, out: str, naive: str) -> dict[str, Any]:
             file.write(view[:got])
             received += got
     seconds = time.perf_counter() - started
-    return {"seconds": seconds, "bytes": received, "md5": digest and digest.hexdigest()}
+    cpu = my_cpu() - cpu_started
+    return {"seconds": seconds, "bytes": received, "md5": digest and digest.hexdigest(),
+            "cpu": cpu}
 
 
 def worker_send(port: str, path: str, naive: str) -> dict[str, Any]:
     digest = None
     with socket.create_connection((LOOPBACK, int(port)), timeout=60) as sock, \
             open(path, "rb", buffering=0) as file:
+        cpu_started = my_cpu()
         started = time.perf_counter()
         if naive == "1":
             digest = hashlib.md5()
@@ -888,7 +970,8 @@ def worker_send(port: str, path: str, naive: str) -> dict[str, Any]:
         sock.shutdown(socket.SHUT_WR)
         sock.recv(1)   # the receiver closes once it has written everything
         seconds = time.perf_counter() - started
-    return {"seconds": seconds, "md5": digest and digest.hexdigest()}
+        cpu = my_cpu() - cpu_started
+    return {"seconds": seconds, "md5": digest and digest.hexdigest(), "cpu": cpu}
 
 
 def worker_ftplib(op: str, port: str, source: str, target: str) -> dict[str, Any]:
@@ -897,6 +980,7 @@ def worker_ftplib(op: str, port: str, source: str, target: str) -> dict[str, Any
     ftp = ftplib.FTP()
     ftp.connect(LOOPBACK, int(port), timeout=120)
     ftp.login()
+    cpu_started = my_cpu()
     started = time.perf_counter()
     if op == "put":
         with open(source, "rb") as file:
@@ -905,21 +989,24 @@ def worker_ftplib(op: str, port: str, source: str, target: str) -> dict[str, Any
         with open(target, "wb") as file:
             ftp.retrbinary(f"RETR {source}", file.write, blocksize=FTP_BLOCK)
     seconds = time.perf_counter() - started
+    cpu = my_cpu() - cpu_started
     ftp.quit()
-    return {"seconds": seconds}
+    return {"seconds": seconds, "cpu": cpu}
 
 
 def worker_ours(op: str, port: str, source: str, target: str) -> dict[str, Any]:
     from ftpclient.client import Client
 
     with Client(LOOPBACK, int(port), timeout=120) as client:
+        cpu_started = my_cpu()
         started = time.perf_counter()
         if op == "put":
             result = client.put(source, target, restart=True)
         else:
             result = client.get(source, target, restart=True)
         seconds = time.perf_counter() - started
-    return {"seconds": seconds, "md5": result.md5}
+        cpu = my_cpu() - cpu_started
+    return {"seconds": seconds, "md5": result.md5, "cpu": cpu}
 
 
 def _small_files(directory: str, count: int) -> list[Path]:
@@ -957,16 +1044,18 @@ def worker_threads(kind: str, port: str, directory: str, count: str, prefix: str
     for thread in threads:
         thread.start()
     barrier.wait()
+    cpu_started = my_cpu()
     started = time.perf_counter()
     deadline = time.monotonic() + 240
     for thread in threads:
         thread.join(max(0.0, deadline - time.monotonic()))
     seconds = time.perf_counter() - started
+    cpu = my_cpu() - cpu_started
     if any(thread.is_alive() for thread in threads):
         raise RuntimeError("clients still running after 240 s")
     if errors:
         raise RuntimeError(f"{len(errors)} clients failed, e.g. {errors[0]}")
-    return {"seconds": seconds, "files": 2 * len(files)}
+    return {"seconds": seconds, "files": 2 * len(files), "cpu": cpu}
 
 
 def worker_cli(kind: str, port: str, directory: str, count: str, jobs: str, prefix: str,
@@ -991,13 +1080,16 @@ def worker_cli(kind: str, port: str, directory: str, count: str, jobs: str, pref
             if done.returncode != 0:
                 raise RuntimeError(f"{' '.join(command[1:4])}... failed: {done.stderr.strip()[-300:]}")
 
+    cpu_started = my_cpu(resource.RUSAGE_CHILDREN)
+
     started = time.perf_counter()
     with ThreadPoolExecutor(int(jobs)) as pool:
         list(pool.map(one, range(len(files))))
     seconds = time.perf_counter() - started
+    cpu = my_cpu(resource.RUSAGE_CHILDREN) - cpu_started  # the client processes, start-up included
     # ru_maxrss of waited-for children: the largest of the client processes (KiB on Linux).
     child_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
-    return {"seconds": seconds, "files": 2 * len(files), "hwm": child_peak}
+    return {"seconds": seconds, "files": 2 * len(files), "hwm": child_peak, "cpu": cpu}
 
 
 WORKERS: dict[str, Callable[..., dict[str, Any]]] = {
