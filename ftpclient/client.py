@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Callable, NamedTuple
 from ftpserver.errors import (ChecksumError, ConnectionLost, FTPError, IsADirectory, LocalError,
                               NotFound, Unreachable)
 from ftpserver.protocol import META_SUFFIX, PARTIAL_SUFFIX, CHUNK_SIZE, check_reply, encode_frame, read_frame
-from ftpserver.digest import Checkpoint
+from ftpserver.digest import Checkpoint, version_tag
 from ftpserver.transfer import FileHasher, receive_body, receiving_digest, send_body
 
 from .checkpoints import CheckpointLog
@@ -267,8 +267,7 @@ class Client:
                 same = self._identical_remote(target, entry, file, st.st_size)
                 if same:
                     return TransferResult(same["path"], path, st.st_size, st.st_size, same["md5"], True)
-            # ctime too: it moves on every write, even one that restores the mtime.
-            source = f"{st.st_size}-{st.st_mtime_ns}-{st.st_ctime_ns}-{st.st_ino}"
+            source = version_tag(st)
             try:
                 return self._put(file, path, target, st.st_size, source, restart, progress)
             except ChecksumError:
@@ -390,10 +389,9 @@ class Client:
         reply = self._reply()
         self._mid_body = True
         size, offset = reply["filesize"], reply["offset"]
-        checkpoint = checkpoint if offset else None
-        partial.start(reply["filename"], reply["source"], size, offset, checkpoint)
-        hasher = receiving_digest(partial.path, size, offset, checkpoint, self.buffer_size,
-                                  partial.save_checkpoint)
+        partial.start(reply["filename"], reply["source"], size, offset)
+        hasher = receiving_digest(partial.path, size, offset, checkpoint if offset else None,
+                                  self.buffer_size)
         try:
             with open(partial.path, "r+b", buffering=0) as file:
                 file.seek(offset)
@@ -425,7 +423,6 @@ class PartialDownload:
         self.path = dest.with_name(dest.name + PARTIAL_SUFFIX)
         self.meta = dest.with_name(dest.name + META_SUFFIX)
         self._fields: dict[str, Any] = {}
-        self._saved = 0  # bytes the saved md5 state covers
 
     def resumable(self) -> tuple[int, str | None, Checkpoint | None]:
         """Return the bytes held, the server's tag for them and their md5 checkpoint,
@@ -440,32 +437,30 @@ class PartialDownload:
             return 0, None, None
         held = min(held, meta["filesize"])
         checkpoint = Checkpoint.from_json(meta.get("md5"))
-        return held, meta["source"], checkpoint if checkpoint and checkpoint.holds(held) else None
+        if checkpoint and not (checkpoint.offset <= held and checkpoint.holds(self.path)):
+            checkpoint = None
+        return held, meta["source"], checkpoint
 
-    def start(self, remote: str, source: str, size: int, offset: int,
-              checkpoint: Checkpoint | None = None) -> None:
+    def start(self, remote: str, source: str, size: int, offset: int) -> None:
         """Record what is being downloaded and cut the partial to ``offset``."""
         self._fields = {"remote": remote, "source": source, "filesize": size}
-        self._saved = checkpoint.offset if checkpoint else 0
         try:
-            self.meta.write_text(json.dumps(
-                {**self._fields, "md5": checkpoint.to_json()} if checkpoint else self._fields), "utf-8")
+            self.meta.write_text(json.dumps(self._fields), "utf-8")
             with open(self.path, "ab") as file:
                 file.truncate(offset)
         except OSError as error:
             raise LocalError(f"cannot write {self.path}: {error.strerror}") from None
 
     def save_checkpoint(self, reached: Checkpoint | None) -> None:
-        """Keep the md5 state of the bytes held, if it covers more than the one kept.
+        """Keep the md5 state of the bytes held, once no more are written.
 
         A partial that cannot be written keeps what it had.
         """
-        if not reached or reached.offset <= self._saved:
+        if not reached or not reached.offset:
             return
         with contextlib.suppress(OSError):
             fields = {**self._fields, "md5": reached.kept_for(self.path).to_json()}
             self.meta.write_text(json.dumps(fields), "utf-8")
-            self._saved = reached.offset
 
     def commit(self) -> None:
         """Give the complete, verified partial its final name."""

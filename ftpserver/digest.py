@@ -19,7 +19,7 @@ import struct
 from pathlib import Path
 from typing import NamedTuple
 
-__all__ = ["Md5", "Checkpoint", "resumable", "boot_id"]
+__all__ = ["Md5", "Checkpoint", "resumable", "boot_id", "version_tag"]
 
 #: OpenSSL's MD5_CTX: A, B, C, D, Nl, Nh (bit count), data[16], num (bytes in data).
 _CTX = struct.Struct("=4I2I64sI")
@@ -57,6 +57,15 @@ def resumable() -> bool:
     return _lib() is not None
 
 
+def version_tag(st: os.stat_result) -> str:
+    """A tag that changes whenever the file does: size, mtime, ctime and inode.
+
+    The change time moves on every write and cannot be set back, so a file
+    rewritten in place with its mtime restored gets a new tag too.
+    """
+    return f"{st.st_size}-{st.st_mtime_ns}-{st.st_ctime_ns}-{st.st_ino}"
+
+
 @functools.cache
 def boot_id() -> str | None:
     """An id of the running operating system boot (Linux), or None where there is none."""
@@ -70,43 +79,49 @@ class Checkpoint(NamedTuple):
     """The md5 state after the first ``offset`` bytes of a file."""
     offset: int
     state: str  # hex of the saved context
-    #: For bytes being received: the boot they were written in, if they may not be on disk yet.
+    #: For bytes received: the version tag of the file they were saved with ...
+    held: str | None = None
+    #: ... and the boot they were written in, if they may not be on disk yet.
     boot: str | None = None
 
     def to_json(self) -> dict[str, object]:
-        fields: dict[str, object] = {"offset": self.offset, "state": self.state}
-        if self.boot:
-            fields["boot"] = self.boot
-        return fields
+        return {key: value for key, value in self._asdict().items() if value is not None}
 
     @classmethod
     def from_json(cls, value: object) -> "Checkpoint | None":
         """A checkpoint read back from metadata, or None if it is not one."""
         if not isinstance(value, dict):
             return None
-        offset, state, boot = value.get("offset"), value.get("state"), value.get("boot")
+        offset, state = value.get("offset"), value.get("state")
+        held, boot = value.get("held"), value.get("boot")
         if type(offset) is not int or offset < 0 or not isinstance(state, str) \
-                or not isinstance(boot, (str, type(None))):
+                or not all(isinstance(v, (str, type(None))) for v in (held, boot)):
             return None
-        return cls(offset, state, boot)
+        return cls(offset, state, held, boot)
 
     def kept_for(self, data: Path) -> "Checkpoint":
-        """This checkpoint, made safe to keep beside the received bytes in ``data``.
+        """This checkpoint, to keep beside the received bytes in ``data`` (no more
+        are written to it after): tied to the file as it is now, and to this boot.
 
         Until the machine restarts, the bytes written are there to read (the page
-        cache holds what is not yet on disk), so the checkpoint is tied to this
-        boot and nothing waits for the disk.  Where the boot cannot be told, the
-        bytes are flushed to disk first.  Raises OSError from flushing.
+        cache holds what is not yet on disk), so nothing waits for the disk; where
+        the boot cannot be told, the bytes are flushed to disk first.
+        Raises OSError.
         """
         boot = boot_id()
-        if boot is None:
-            with open(data, "rb") as file:
+        with open(data, "rb") as file:
+            if boot is None:
                 getattr(os, "fdatasync", os.fsync)(file.fileno())
-        return self._replace(boot=boot)
+            return self._replace(held=version_tag(os.fstat(file.fileno())), boot=boot)
 
-    def holds(self, held: int) -> bool:
-        """Whether this checkpoint still describes a file of which ``held`` bytes are kept."""
-        return self.offset <= held and (self.boot is None or self.boot == boot_id())
+    def holds(self, data: Path) -> bool:
+        """Whether this checkpoint still describes the bytes in ``data``: the file is
+        as it was when the checkpoint was kept, in this boot of the machine."""
+        try:
+            tag = version_tag(data.stat())
+        except OSError:
+            return False
+        return self.held == tag and (self.boot is None or self.boot == boot_id())
 
 
 class Md5:
@@ -139,15 +154,16 @@ class Md5:
 
     def update(self, data: bytes | bytearray | memoryview) -> None:
         """Hash ``data`` (the GIL is released meanwhile, as hashlib does for large data)."""
-        self.length += len(data)
+        data = memoryview(data).cast("B")
         if self._hashlib is not None:
             self._hashlib.update(data)
-            return
-        try:
-            pointer = (ctypes.c_char * len(data)).from_buffer(data)  # no copy
-        except TypeError:  # read-only
-            pointer = bytes(data)
-        self._lib.MD5_Update(self._ctx, pointer, len(data))  # type: ignore[union-attr]
+        else:
+            try:
+                pointer = (ctypes.c_char * len(data)).from_buffer(data)  # no copy
+            except TypeError:  # read-only
+                pointer = data.tobytes()
+            self._lib.MD5_Update(self._ctx, pointer, len(data))  # type: ignore[union-attr]
+        self.length += len(data)
 
     def hexdigest(self) -> str:
         """The md5 of everything hashed so far; hashing may go on after."""

@@ -283,27 +283,21 @@ class FTPHandler(socketserver.StreamRequestHandler):
                  checkpoint: Checkpoint | None, resumable: bool) -> str:
         """Append the body to the partial and return the md5 of the whole file.
 
-        A resumable partial keeps the md5 state of its bytes as they come (and
-        where a cut left them), so the next attempt need not hash them again.
+        If the body is cut, a resumable partial keeps the md5 state of the bytes
+        it holds, so the next attempt need not hash them again.
         """
-        saved = checkpoint.offset if checkpoint else 0
-
-        def keep(reached: Checkpoint | None) -> None:
-            nonlocal saved
-            if resumable and reached and reached.offset > saved:
-                with contextlib.suppress(OSError):
-                    upload.save_checkpoint(reached)
-                    saved = reached.offset
-
         digest = receiving_digest(upload.path, size, offset, checkpoint,
-                                  self.server.config.buffer_size, keep)
+                                  self.server.config.buffer_size)
         try:
             with open(upload.path, "r+b", buffering=0) as file:
                 file.seek(offset)
                 receive_body(self.rfile, file, size - offset, self.server.config.buffer_size, digest)
         except BaseException:
             digest.cancel()
-            keep(digest.checkpoint())
+            reached = digest.checkpoint()
+            if resumable and reached and reached.offset:
+                with contextlib.suppress(OSError):
+                    upload.save_checkpoint(reached)
             raise
         return digest.result()
 

@@ -20,6 +20,7 @@ from typing import BinaryIO, Callable, Iterator
 
 from .auth import LoginThrottle, StoredKeys, parse_stored
 from .config import Config, User
+from .digest import version_tag
 from .errors import Busy, ConfigError
 from .handler import FTPHandler
 from .protocol import encode_frame, error_reply
@@ -224,7 +225,7 @@ class FTPServer(socketserver.ThreadingTCPServer):
     def identify(file: BinaryIO) -> tuple[int, str]:
         """Return an open file's size and a tag that changes whenever the file does."""
         st = os.fstat(file.fileno())
-        return st.st_size, f"{st.st_size}-{st.st_mtime_ns}-{st.st_ctime_ns}-{st.st_ino}"
+        return st.st_size, version_tag(st)
 
     def file_md5(self, path: Path) -> str:
         """Return the md5 of a file, from the cache when it has not changed."""

@@ -13,13 +13,13 @@ import queue
 import socket
 import threading
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO, Callable, Union
 
 from .digest import Checkpoint, Md5
 from .errors import ConnectionLost
 from .protocol import HASH_BLOCK
 
-__all__ = ["FileHasher", "receiving_digest", "receive_body", "send_body", "Progress",
+__all__ = ["FileHasher", "ReceivingDigest", "receiving_digest", "receive_body", "send_body", "Progress",
            "CHECKPOINT_EVERY"]
 
 #: Called with the number of bytes just moved.
@@ -180,7 +180,7 @@ class _InlineDigest:
         return self._digest.checkpoint()
 
 
-class _PassingDigest(_InlineDigest):
+class _PassingDigest:
     """md5 of received bytes, hashed from the receive buffers on a helper thread.
 
     The receiver fills one buffer of a small pool while the helper hashes the
@@ -189,10 +189,8 @@ class _PassingDigest(_InlineDigest):
 
     POOL = 3
 
-    def __init__(self, digest: Md5, block: int,
-                 on_checkpoint: Callable[[Checkpoint], None] | None = None) -> None:
+    def __init__(self, digest: Md5, block: int) -> None:
         self._digest = digest
-        self._on_checkpoint = on_checkpoint
         self._free: queue.SimpleQueue[memoryview] = queue.SimpleQueue()
         for _ in range(self.POOL):
             self._free.put(memoryview(bytearray(block)))
@@ -215,23 +213,18 @@ class _PassingDigest(_InlineDigest):
             try:
                 if self._error is None:
                     self._digest.update(data)
-                    self._report(len(data))
             except BaseException as error:  # handed to result()
                 self._error = error
             self._free.put(memoryview(data.obj))  # type: ignore[arg-type]
-
-    def _report(self, count: int) -> None:
-        """Hand out the state each time the hash passes a multiple of CHECKPOINT_EVERY."""
-        length = self._digest.length
-        if self._on_checkpoint and length // CHECKPOINT_EVERY > (length - count) // CHECKPOINT_EVERY:
-            checkpoint = self._digest.checkpoint()
-            if checkpoint:
-                self._on_checkpoint(checkpoint)
 
     def _finish(self) -> None:
         if self._thread.is_alive():
             self._full.put(None)
             self._thread.join()
+
+    def checkpoint(self) -> Checkpoint | None:
+        """The state reached, once :meth:`cancel` or :meth:`result` has returned."""
+        return self._digest.checkpoint()
 
     def result(self) -> str:
         self._finish()
@@ -243,10 +236,14 @@ class _PassingDigest(_InlineDigest):
         self._finish()
 
 
+#: What hashes a body as it is received: it lends the buffers to receive into
+#: (``buffer()``), takes each back once written (``received(view)``), and gives the
+#: md5 of the whole file (``result()``) or stops (``cancel()``) and tells the state reached.
+ReceivingDigest = Union[FileHasher, _InlineDigest, _PassingDigest]
+
+
 def receiving_digest(path: str | Path, size: int, offset: int, start: Checkpoint | None = None,
-                     buffer_size: int = HASH_BLOCK,
-                     on_checkpoint: Callable[[Checkpoint], None] | None = None,
-                     ) -> FileHasher | _InlineDigest:
+                     buffer_size: int = HASH_BLOCK) -> ReceivingDigest:
     """The md5 of a file received into ``path`` from ``offset`` on.
 
     The received bytes are hashed from the receive buffers (no second read of
@@ -254,22 +251,20 @@ def receiving_digest(path: str | Path, size: int, offset: int, start: Checkpoint
     of the bytes held is known: from zero, or from a checkpoint at ``offset``;
     a large body is hashed on a helper thread, overlapping the I/O.  Otherwise a
     :class:`FileHasher` reads the held prefix from disk, from ``start`` if that
-    is earlier, and then follows the writer.  Either hands ``on_checkpoint`` the
-    state every CHECKPOINT_EVERY bytes of a large body (it must not raise).
+    is earlier, and then follows the writer.
     """
     if offset == 0 or (start and start.offset == offset):
         digest = _md5_from(start if offset else None)
         if digest.length == offset:
             if size - offset > PASS_MIN:
-                return _PassingDigest(digest, max(buffer_size, PASS_BLOCK), on_checkpoint)
+                return _PassingDigest(digest, max(buffer_size, PASS_BLOCK))
             return _InlineDigest(digest, min(buffer_size, size - offset))
     return FileHasher(path, size, available=offset,
-                      start=start if start and start.offset < offset else None,
-                      on_checkpoint=on_checkpoint)
+                      start=start if start and start.offset < offset else None)
 
 
 def receive_body(stream: BinaryIO, file: BinaryIO, count: int, buffer_size: int,
-                 digest: FileHasher | _InlineDigest, progress: Progress | None = None) -> None:
+                 digest: ReceivingDigest, progress: Progress | None = None) -> None:
     """Copy exactly ``count`` bytes from ``stream`` to ``file``, ``buffer_size`` at most per
     read and write, into the buffers ``digest`` lends.
 
@@ -281,7 +276,8 @@ def receive_body(stream: BinaryIO, file: BinaryIO, count: int, buffer_size: int,
     # so bytes received before a stall or a cut are written, not lost.
     read = getattr(stream, "readinto1", None) or stream.readinto  # type: ignore[attr-defined]
     remaining = count
-    view, filled = digest.buffer(), 0
+    filled = 0
+    view = digest.buffer()
     try:
         while remaining:
             want = min(buffer_size, remaining, len(view) - filled)
@@ -298,8 +294,9 @@ def receive_body(stream: BinaryIO, file: BinaryIO, count: int, buffer_size: int,
             if progress:
                 progress(got)
             if filled == len(view) and remaining:
+                filled = 0
                 digest.received(view)
-                view, filled = digest.buffer(), 0
+                view = digest.buffer()
     finally:
         if filled:
             digest.received(view[:filled])

@@ -56,16 +56,16 @@ class PartialUpload:
             self._meta = meta
             held = min(size_of(self.path), size)
             checkpoint = Checkpoint.from_json(meta.get("md5"))
-            if checkpoint and not checkpoint.holds(held):
+            if checkpoint and not (checkpoint.offset <= held and checkpoint.holds(self.path)):
                 checkpoint = None
         with open(self.path, "ab") as file:
             file.truncate(held)
         return held, checkpoint
 
     def save_checkpoint(self, checkpoint: Checkpoint) -> None:
-        """Record the md5 state of the first ``checkpoint.offset`` bytes of the partial.
-
-        Raises OSError if it cannot be written.
+        """Record the md5 state of the first ``checkpoint.offset`` bytes of the partial,
+        once no more bytes are written to it (the partial must stay as it is now for
+        the state to be used).  Raises OSError if it cannot be written.
         """
         self._meta["md5"] = checkpoint.kept_for(self.path).to_json()
         self._write_meta()
