@@ -665,7 +665,7 @@ class Bench:
                 raise RuntimeError("the partial upload stayed busy")
             total = time.perf_counter() - started
             client.rm(remote)
-        self._check_md5("resumed put", result.md5)
+        self._check_md5("resumed put", result.digest)
         if result.offset <= 0 or first is None:
             raise RuntimeError(f"the put did not resume (offset {result.offset})")
         self.record("resume_start", first - started, proc_status(server.pid, "VmHWM"))
@@ -1006,7 +1006,7 @@ def worker_ours(op: str, port: str, source: str, target: str) -> dict[str, Any]:
             result = client.get(source, target, restart=True)
         seconds = time.perf_counter() - started
         cpu = my_cpu() - cpu_started
-    return {"seconds": seconds, "md5": result.md5, "cpu": cpu}
+    return {"seconds": seconds, "md5": result.digest, "cpu": cpu}
 
 
 def _small_files(directory: str, count: int) -> list[Path]:

@@ -1,6 +1,6 @@
-"""md5 checkpoints of local files being uploaded, kept between runs.
+"""Hash checkpoints of local files being uploaded, kept between runs.
 
-A resumed upload needs the md5 state of the bytes the server already holds.
+A resumed upload needs the hash state of the bytes the server already holds.
 While a file is hashed for an upload, its state every few MiB is appended to a
 small log in the user's cache folder (``$XDG_CACHE_HOME/ftpclient/uploads``, by
 default ``~/.cache/ftpclient/uploads``), named after the file's path and source
@@ -32,7 +32,7 @@ def cache_folder() -> Path:
 
 
 class CheckpointLog:
-    """The checkpoints of one local file in one state (its source tag)."""
+    """The checkpoints of one hash of one local file in one state (its source tag)."""
 
     def __init__(self, path: Path, source: str) -> None:
         self.path = path
@@ -40,11 +40,12 @@ class CheckpointLog:
         self._started = path.exists()
 
     @classmethod
-    def for_upload(cls, local: Path, source: str) -> "CheckpointLog | None":
-        """The log for uploading ``local`` as it is now; None where states cannot be saved."""
-        if not resumable():
+    def for_upload(cls, local: Path, source: str, name: str = "md5") -> "CheckpointLog | None":
+        """The log of hash ``name`` for uploading ``local`` as it is now; None where
+        states cannot be saved."""
+        if not resumable(name):
             return None
-        key = hashlib.sha256(f"{os.path.abspath(local)}\0{source}".encode()).hexdigest()[:32]
+        key = hashlib.sha256(f"{os.path.abspath(local)}\0{source}\0{name}".encode()).hexdigest()[:32]
         return cls(cache_folder() / f"{key}.log", source)
 
     def best(self, offset: int) -> Checkpoint | None:

@@ -7,6 +7,7 @@ import sys
 from typing import Callable, Sequence, TextIO
 
 from ftpserver import __version__
+from ftpserver.digest import HASHES
 from ftpserver.errors import FTPError, LocalError
 
 from .client import DEFAULT_PORT, Client
@@ -35,6 +36,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--tls", action="store_true", help="connect with TLS (the server needs tls: in config.yaml)")
     parser.add_argument("--cafile", metavar="FILE", help="trust this certificate (implies --tls)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--hash", choices=HASHES, default=HASHES[0],
+                        help="check every transfer with this hash (default md5; sha256 is "
+                             "faster on processors with SHA instructions)")
     parser.add_argument("--version", action="version", version=f"ftpclient {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -71,7 +75,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def connect(host: str, port: int, user: str | None, tls: bool = False,
-            cafile: str | None = None) -> Client:
+            cafile: str | None = None, hash: str = HASHES[0]) -> Client:
     """Open a connection (TLS if asked) and log in when ``user`` is given.  Raises FTPError."""
     context = None
     if tls or cafile:
@@ -81,7 +85,7 @@ def connect(host: str, port: int, user: str | None, tls: bool = False,
             context = ssl.create_default_context(cafile=cafile)
         except (OSError, ssl.SSLError) as error:
             raise LocalError(f"cannot load {cafile}: {getattr(error, 'strerror', None) or error}") from None
-    client = Client(host, port, tls=context)
+    client = Client(host, port, tls=context, hash=hash)
     if user:
         try:
             client.login(user, _password())
@@ -173,7 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one command (or the shell); return the exit status."""
     args = _parser().parse_args(argv)
     try:
-        with connect(args.host, args.port, args.user, args.tls, args.cafile) as client:
+        with connect(args.host, args.port, args.user, args.tls, args.cafile, args.hash) as client:
             if args.command is None:
                 from .shell import run_shell
                 return run_shell(client, quiet=args.quiet)

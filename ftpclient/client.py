@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Callable, NamedTuple
 
 from ftpserver.errors import (ChecksumError, ConnectionLost, FTPError, IsADirectory, LocalError,
-                              NotFound, Unreachable)
+                              NotFound, ProtocolError, Unreachable)
 from ftpserver.protocol import META_SUFFIX, PARTIAL_SUFFIX, CHUNK_SIZE, check_reply, encode_frame, read_frame
-from ftpserver.digest import Checkpoint, version_tag
+from ftpserver.digest import HASHES, Checkpoint, version_tag
 from ftpserver.transfer import FileHasher, receive_body, receiving_digest, send_body
 
 from .checkpoints import CheckpointLog
@@ -41,8 +41,9 @@ class TransferResult(NamedTuple):
     local: Path        #: the local file
     size: int          #: the file's size
     offset: int        #: bytes already held before this transfer (resumed from)
-    md5: str           #: md5 of the whole file, checked on both ends
+    digest: str        #: hash of the whole file, checked on both ends
     skipped: bool = False  #: the other side already had an identical file
+    hash: str = "md5"  #: which hash: md5 or sha256
 
     @property
     def sent(self) -> int:
@@ -69,8 +70,12 @@ class Client:
 
     def __init__(self, host: str = "127.0.0.1", port: int = DEFAULT_PORT, *,
                  timeout: float | None = 60.0, buffer_size: int = CHUNK_SIZE,
-                 tls: ssl.SSLContext | None = None) -> None:
-        self.host, self.port, self.buffer_size = host, port, buffer_size
+                 tls: ssl.SSLContext | None = None, hash: str = HASHES[0]) -> None:
+        """``hash`` checks every transfer: md5 (the default) or sha256, which is
+        faster on processors with SHA instructions."""
+        if hash not in HASHES:
+            raise ValueError(f"unknown hash {hash!r}: use one of {', '.join(HASHES)}")
+        self.host, self.port, self.buffer_size, self.hash = host, port, buffer_size, hash
         self._timeout, self._tls = timeout, tls
         self._credentials: tuple[str, str] | None = None
         self._cwd: str | None = None
@@ -203,10 +208,13 @@ class Client:
             entries += reply["entries"]
         return entries
 
-    def stat(self, path: str, md5: bool = False) -> dict[str, Any]:
-        """Return a remote entry (name, type, size, mtime), with its md5 if asked."""
-        reply = self.request("stat", path=path, md5=md5)
-        return {**reply["entry"], "path": reply["path"], **({"md5": reply["md5"]} if md5 and "md5" in reply else {})}
+    def stat(self, path: str, md5: bool = False, hash: str | None = None) -> dict[str, Any]:
+        """Return a remote entry (name, type, size, mtime), with the md5 of a file if
+        asked, or its hash ``hash``."""
+        names = {name for name in (hash, "md5" if md5 else None) if name}
+        reply = self.request("stat", path=path, **{name: True for name in names})
+        return {**reply["entry"], "path": reply["path"],
+                **{name: reply[name] for name in names if name in reply}}
 
     def pwd(self) -> str:
         """Return the current remote folder."""
@@ -229,13 +237,14 @@ class Client:
         """Rename a remote file or folder; return its new path."""
         return self.request("mv", path=path, to=to)["to"]
 
-    def _remote_md5(self, path: str, size: int) -> dict[str, Any]:
-        """stat with md5: the server may have to read the whole file, so wait as long as that takes."""
+    def _remote_digest(self, path: str, size: int) -> dict[str, Any]:
+        """stat with the hash: the server may have to read the whole file, so wait as
+        long as that takes."""
         timeout = self._sock.gettimeout()
         if timeout is not None:
             self._sock.settimeout(max(timeout, size / 20e6))  # 20 MB/s: even a slow disk
         try:
-            return self.stat(path, md5=True)
+            return self.stat(path, hash=self.hash)
         finally:
             self._sock.settimeout(timeout)
 
@@ -266,7 +275,8 @@ class Client:
             if not restart:
                 same = self._identical_remote(target, entry, file, st.st_size)
                 if same:
-                    return TransferResult(same["path"], path, st.st_size, st.st_size, same["md5"], True)
+                    return TransferResult(same["path"], path, st.st_size, st.st_size,
+                                          same[self.hash], True, self.hash)
             source = version_tag(st)
             try:
                 return self._put(file, path, target, st.st_size, source, restart, progress)
@@ -291,20 +301,22 @@ class Client:
                           size: int) -> dict[str, Any] | None:
         if not entry or entry["type"] != "file" or entry["size"] != size:
             return None
-        remote = self._remote_md5(target, size)
-        return remote if FileHasher(file, size).result() == remote.get("md5") else None
+        remote = self._remote_digest(target, size)
+        return remote if FileHasher(file, size, hash=self.hash).result() == remote.get(self.hash) \
+            else None
 
     def _put(self, file: BinaryIO, path: Path, target: str, size: int, source: str,
              restart: bool, progress: ProgressCallback | None) -> TransferResult:
-        log = CheckpointLog.for_upload(path, source)
+        log = CheckpointLog.for_upload(path, source, self.hash)
         if log and restart:
             log.discard()
         reply = self.request("put", filename=target, filesize=size, resume=True,
-                             source=source, restart=restart)
-        offset = reply["offset"]
+                             source=source, restart=restart, **self._hash_field())
+        offset, name = reply["offset"], self._agreed_hash(reply)
+        log = log if name == self.hash else None
         # Hash from the last checkpoint at or before the server's offset, not from zero.
         hasher = FileHasher(file, size, start=log.best(offset) if log and offset else None,
-                            on_checkpoint=log.add if log else None)
+                            on_checkpoint=log.add if log else None, hash=name)
         self._mid_body = True
         try:
             send_body(self._sock, file, offset, size - offset, _Counter(progress, offset, size))
@@ -320,15 +332,28 @@ class Client:
             self._abort()
             raise
         try:
-            md5 = hasher.result()
+            digest = hasher.result()
         except (OSError, EOFError):
             self._abort()
             raise LocalError(f"{path} changed during the upload; run the command again") from None
-        self._write({"md5": md5})
+        self._write({name: digest})
         final = self._end_of_body()  # a ChecksumError makes put() retry with restart
         if log:
             log.discard()
-        return TransferResult(final["filename"], path, size, offset, final["md5"])
+        return TransferResult(final["filename"], path, size, offset, final[name], hash=name)
+
+    def _hash_field(self) -> dict[str, str]:
+        """The request field asking for a hash other than md5 (none for md5, which
+        every server speaks)."""
+        return {"hash": self.hash} if self.hash != HASHES[0] else {}
+
+    def _agreed_hash(self, reply: dict[str, Any]) -> str:
+        """The hash the server will check with: the one asked for, or md5 from a
+        server that does not know the ``hash`` field."""
+        name = reply.get("hash", HASHES[0])
+        if name not in (self.hash, HASHES[0]):
+            raise ProtocolError(f"the server offered hash {name!r}, not {self.hash!r}")
+        return name
 
     def _raise_server_error(self, error: OSError) -> None:
         """The server stopped reading: raise the error it sent, if any, else ConnectionLost."""
@@ -359,7 +384,8 @@ class Client:
         if not restart:
             same = self._identical_local(remote, dest)
             if same:
-                return TransferResult(same["path"], dest, same["size"], same["size"], same["md5"], True)
+                return TransferResult(same["path"], dest, same["size"], same["size"],
+                                      same[self.hash], True, self.hash)
         try:
             return self._get(remote, dest, restart, progress)
         except ChecksumError:
@@ -377,21 +403,23 @@ class Client:
         entry = self._remote_entry(remote)
         if not entry or entry["type"] != "file" or entry["size"] != size:
             return None
-        remote_entry = self._remote_md5(remote, size)
+        remote_entry = self._remote_digest(remote, size)
         with _open_local(dest) as file:
-            return remote_entry if FileHasher(file, size).result() == remote_entry.get("md5") else None
+            digest = FileHasher(file, size, hash=self.hash).result()
+        return remote_entry if digest == remote_entry.get(self.hash) else None
 
     def _get(self, remote: str, dest: Path, restart: bool,
              progress: ProgressCallback | None) -> TransferResult:
         partial = PartialDownload(dest)
         held, source, checkpoint = (0, None, None) if restart else partial.resumable()
-        self._send({"cmd": "get", "filename": remote, "offset": held, "source": source})
+        self._send({"cmd": "get", "filename": remote, "offset": held, "source": source,
+                    **self._hash_field()})
         reply = self._reply()
         self._mid_body = True
-        size, offset = reply["filesize"], reply["offset"]
+        size, offset, name = reply["filesize"], reply["offset"], self._agreed_hash(reply)
         partial.start(reply["filename"], reply["source"], size, offset)
         hasher = receiving_digest(partial.path, size, offset, checkpoint if offset else None,
-                                  self.buffer_size)
+                                  self.buffer_size, name)
         try:
             with open(partial.path, "r+b", buffering=0) as file:
                 file.seek(offset)
@@ -405,13 +433,13 @@ class Client:
             if isinstance(error, OSError):
                 raise LocalError(f"cannot write {partial.path}: {error.strerror}") from None
             raise
-        md5 = hasher.result()
-        if md5 != trailer["md5"]:
+        digest = hasher.result()
+        if digest != trailer.get(name):
             partial.discard()
-            raise ChecksumError(f"checksum mismatch for {reply['filename']}: received {md5}, "
-                                f"the server's is {trailer['md5']}")
+            raise ChecksumError(f"checksum mismatch for {reply['filename']}: received {name} "
+                                f"{digest}, the server's is {trailer.get(name)}")
         partial.commit()
-        return TransferResult(reply["filename"], dest, size, offset, md5)
+        return TransferResult(reply["filename"], dest, size, offset, digest, hash=name)
 
 
 class PartialDownload:
@@ -436,7 +464,7 @@ class PartialDownload:
                 or not isinstance(meta.get("filesize"), int):
             return 0, None, None
         held = min(held, meta["filesize"])
-        checkpoint = Checkpoint.from_json(meta.get("md5"))
+        checkpoint = Checkpoint.from_json(meta.get("checkpoint"))
         if checkpoint and not (checkpoint.offset <= held and checkpoint.holds(self.path)):
             checkpoint = None
         return held, meta["source"], checkpoint
@@ -459,7 +487,7 @@ class PartialDownload:
         if not reached or not reached.offset:
             return
         with contextlib.suppress(OSError):
-            fields = {**self._fields, "md5": reached.kept_for(self.path).to_json()}
+            fields = {**self._fields, "checkpoint": reached.kept_for(self.path).to_json()}
             self.meta.write_text(json.dumps(fields), "utf-8")
 
     def commit(self) -> None:

@@ -1,11 +1,12 @@
-"""md5 whose running state can be saved and taken up again: resume without re-hashing.
+"""Whole-file hashes (md5, the default, or sha256) whose running state can be saved
+and taken up again: resume without re-hashing.
 
 hashlib cannot hand out a hash's state, so a resumed transfer would have to read
 and hash again every byte it already holds (minutes for a large file on a slow
-disk).  OpenSSL's own MD5 functions, in the library hashlib is built on, keep
-their state in a small plain struct that can be copied out and back in.  Where
-they cannot be reached, :class:`Md5` works on hashlib alone and simply has no
-state to give: callers then re-hash, as before.
+disk).  OpenSSL's own MD5 and SHA256 functions, in the library hashlib is built
+on, keep their state in a small plain struct that can be copied out and back in.
+Where they cannot be reached, :class:`Hash` works on hashlib alone and simply
+has no state to give: callers then re-hash.
 
 A state never crosses the wire; each end saves and restores its own.
 """
@@ -19,42 +20,68 @@ import struct
 from pathlib import Path
 from typing import NamedTuple
 
-__all__ = ["Md5", "Checkpoint", "resumable", "boot_id", "version_tag"]
+__all__ = ["Hash", "HASHES", "HEX_LENGTH", "Checkpoint", "resumable", "boot_id", "version_tag"]
 
-#: OpenSSL's MD5_CTX: A, B, C, D, Nl, Nh (bit count), data[16], num (bytes in data).
-_CTX = struct.Struct("=4I2I64sI")
-#: Room allocated for a context: more than the struct needs, in case a build pads it.
+#: The hashes a transfer can be checked with; the first is the default.
+HASHES = ("md5", "sha256")
+#: Room allocated for a context: more than the structs need, in case a build pads them.
 _ROOM = 256
 
 
+class _Layout(NamedTuple):
+    """How OpenSSL keeps one hash's state."""
+    prefix: str            # of its functions: MD5_Init, MD5_Update, MD5_Final
+    ctx: struct.Struct     # its context struct
+    bits: int              # index of the low word of the bit count (the high word follows)
+    pending: int           # index of the count of bytes waiting for a whole block
+    size: int              # of the digest, in bytes
+
+
+_LAYOUTS = {
+    # MD5_CTX: A, B, C, D, Nl, Nh, data[16], num
+    "md5": _Layout("MD5", struct.Struct("=4I2I64sI"), 4, 7, 16),
+    # SHA256_CTX: h[8], Nl, Nh, data[16], num, md_len
+    "sha256": _Layout("SHA256", struct.Struct("=8I2I64s2I"), 8, 11, 32),
+}
+
+
 @functools.cache
-def _lib() -> ctypes.CDLL | None:
-    """OpenSSL's MD5 functions, from the library hashlib uses, if they work as expected
-    (loaded on first use: a command that moves no file does not pay for it)."""
+def _functions(name: str) -> tuple[ctypes._CFuncPtr, ...] | None:
+    """OpenSSL's Init, Update and Final for hash ``name``, from the library hashlib
+    uses, if they work as expected (loaded on first use)."""
+    layout = _LAYOUTS[name]
     try:
-        import _hashlib  # the module links libcrypto, so its handle reaches MD5_*
+        import _hashlib  # the module links libcrypto, so its handle reaches its functions
 
         lib = ctypes.CDLL(_hashlib.__file__)
-        for name in ("MD5_Init", "MD5_Update", "MD5_Final"):
-            getattr(lib, name).restype = ctypes.c_int
-        lib.MD5_Update.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
-        # Check the struct layout and the results once against hashlib.
+        init, update, final = (getattr(lib, f"{layout.prefix}_{step}")
+                               for step in ("Init", "Update", "Final"))
+        for function in (init, update, final):
+            function.restype = ctypes.c_int
+        update.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
+        # Check the struct layout and the result once against hashlib.
         ctx = ctypes.create_string_buffer(_ROOM)
         sample = bytes(range(100))
-        if lib.MD5_Init(ctx) != 1 or lib.MD5_Update(ctx, sample, len(sample)) != 1:
+        if init(ctx) != 1 or update(ctx, sample, len(sample)) != 1:
             return None
-        fields = _CTX.unpack_from(ctx.raw)
-        out = ctypes.create_string_buffer(16)
-        if fields[4:6] != (800, 0) or fields[7] != 36 or lib.MD5_Final(out, ctx) != 1:
+        fields = layout.ctx.unpack_from(ctx.raw)
+        out = ctypes.create_string_buffer(64)
+        if fields[layout.bits:layout.bits + 2] != (800, 0) or fields[layout.pending] != 36 \
+                or final(out, ctx) != 1:
             return None
-        return lib if out.raw == hashlib.md5(sample).digest() else None
+        return (init, update, final) if out.raw[:layout.size] == hashlib.new(name, sample).digest() \
+            else None
     except (ImportError, OSError, AttributeError, ValueError):
         return None
 
 
-def resumable() -> bool:
-    """Whether md5 states can be saved here."""
-    return _lib() is not None
+#: Hex digits in each hash's digest.
+HEX_LENGTH = {name: 2 * layout.size for name, layout in _LAYOUTS.items()}
+
+
+def resumable(name: str = "md5") -> bool:
+    """Whether states of hash ``name`` can be saved here."""
+    return _functions(name) is not None
 
 
 def version_tag(st: os.stat_result) -> str:
@@ -76,16 +103,18 @@ def boot_id() -> str | None:
 
 
 class Checkpoint(NamedTuple):
-    """The md5 state after the first ``offset`` bytes of a file."""
+    """The state of a hash after the first ``offset`` bytes of a file."""
     offset: int
     state: str  # hex of the saved context
     #: For bytes received: the version tag of the file they were saved with ...
     held: str | None = None
     #: ... and the boot they were written in, if they may not be on disk yet.
     boot: str | None = None
+    hash: str = "md5"
 
     def to_json(self) -> dict[str, object]:
-        return {key: value for key, value in self._asdict().items() if value is not None}
+        return {key: value for key, value in self._asdict().items()
+                if value is not None and (key, value) != ("hash", "md5")}
 
     @classmethod
     def from_json(cls, value: object) -> "Checkpoint | None":
@@ -93,11 +122,12 @@ class Checkpoint(NamedTuple):
         if not isinstance(value, dict):
             return None
         offset, state = value.get("offset"), value.get("state")
-        held, boot = value.get("held"), value.get("boot")
+        held, boot, name = value.get("held"), value.get("boot"), value.get("hash", "md5")
         if type(offset) is not int or offset < 0 or not isinstance(state, str) \
-                or not all(isinstance(v, (str, type(None))) for v in (held, boot)):
+                or not all(isinstance(v, (str, type(None))) for v in (held, boot)) \
+                or name not in HASHES:
             return None
-        return cls(offset, state, held, boot)
+        return cls(offset, state, held, boot, name)
 
     def kept_for(self, data: Path) -> "Checkpoint":
         """This checkpoint, to keep beside the received bytes in ``data`` (no more
@@ -124,31 +154,37 @@ class Checkpoint(NamedTuple):
         return self.held == tag and (self.boot is None or self.boot == boot_id())
 
 
-class Md5:
-    """An md5 hash that can save its state at any point (:meth:`checkpoint`)."""
+class Hash:
+    """A hash (md5 or sha256) that can save its state at any point (:meth:`checkpoint`)."""
 
-    def __init__(self, start: Checkpoint | None = None) -> None:
-        """A new hash, or one taking up ``start``; raises ValueError for a state that does not fit."""
+    def __init__(self, name: str = "md5", start: Checkpoint | None = None) -> None:
+        """A new hash, or one taking up ``start``; raises ValueError for a state that
+        does not fit, KeyError for an unknown hash."""
+        self.name = name
         self.length = 0
+        self._layout = _LAYOUTS[name]
+        self._functions = _functions(name)
         self._hashlib = None
-        self._lib = _lib()
-        if self._lib is None:
+        if self._functions is None:
             if start is not None:
-                raise ValueError("md5 states cannot be restored here")
-            self._hashlib = hashlib.md5()
+                raise ValueError(f"{name} states cannot be restored here")
+            self._hashlib = hashlib.new(name)
             return
         self._ctx = ctypes.create_string_buffer(_ROOM)
         if start is None:
-            self._lib.MD5_Init(self._ctx)
+            self._functions[0](self._ctx)
             return
+        if start.hash != name:
+            raise ValueError(f"not a {name} state")
         try:
             raw = bytes.fromhex(start.state)
-            fields = _CTX.unpack(raw)
+            fields = self._layout.ctx.unpack(raw)
         except (ValueError, struct.error):
-            raise ValueError("not an md5 state") from None
-        bits = start.offset * 8
-        if (fields[4], fields[5], fields[7]) != (bits & 0xFFFFFFFF, bits >> 32, start.offset % 64):
-            raise ValueError(f"the md5 state is not that of {start.offset} bytes")
+            raise ValueError(f"not a {name} state") from None
+        bits, at = start.offset * 8, self._layout.bits
+        if (fields[at], fields[at + 1], fields[self._layout.pending]) != (
+                bits & 0xFFFFFFFF, bits >> 32, start.offset % 64):
+            raise ValueError(f"the {name} state is not that of {start.offset} bytes")
         ctypes.memmove(self._ctx, raw, len(raw))
         self.length = start.offset
 
@@ -162,20 +198,20 @@ class Md5:
                 pointer = (ctypes.c_char * len(data)).from_buffer(data)  # no copy
             except TypeError:  # read-only
                 pointer = data.tobytes()
-            self._lib.MD5_Update(self._ctx, pointer, len(data))  # type: ignore[union-attr]
+            self._functions[1](self._ctx, pointer, len(data))  # type: ignore[index]
         self.length += len(data)
 
     def hexdigest(self) -> str:
-        """The md5 of everything hashed so far; hashing may go on after."""
+        """The hash of everything hashed so far; hashing may go on after."""
         if self._hashlib is not None:
             return self._hashlib.hexdigest()
         ctx = ctypes.create_string_buffer(self._ctx.raw, _ROOM)
-        out = ctypes.create_string_buffer(16)
-        self._lib.MD5_Final(out, ctx)  # type: ignore[union-attr]
-        return out.raw.hex()
+        out = ctypes.create_string_buffer(64)
+        self._functions[2](out, ctx)  # type: ignore[index]
+        return out.raw[:self._layout.size].hex()
 
     def checkpoint(self) -> Checkpoint | None:
         """The state so far, to take up later; None where states cannot be saved."""
         if self._hashlib is not None:
             return None
-        return Checkpoint(self.length, self._ctx.raw[:_CTX.size].hex())
+        return Checkpoint(self.length, self._ctx.raw[:self._layout.ctx.size].hex(), hash=self.name)

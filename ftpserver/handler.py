@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from .auth import ScramServer
-from .digest import Checkpoint
+from .digest import HASHES, HEX_LENGTH, Checkpoint
 from .errors import (AuthFailed, ChecksumError, ConnectionLost, FramingError, FTPError, Forbidden,
                      InternalError, IsADirectory, NotADirectory, ProtocolError, QuotaExceeded,
                      UnknownCommand)
-from .protocol import (bool_field, encode_frame, error_reply, int_field, ok_reply, read_frame,
-                       text_field)
+from .protocol import (bool_field, encode_frame, error_reply, int_field, ok_reply, printable,
+                       read_frame, text_field)
 from .storage import Storage
 from .transfer import FileHasher, receive_body, receiving_digest, send_body
 from .uploads import PartialUpload, size_of
@@ -36,7 +36,7 @@ __all__ = ["FTPHandler"]
 log = logging.getLogger(__name__)
 
 _COMMAND = re.compile(r"[a-z][a-z0-9_]{0,31}")
-_MD5 = re.compile(r"[0-9a-f]{32}")
+_HEX = re.compile(r"[0-9a-f]+")
 #: Longest ``source`` tag a client may attach to a resumable put.
 MAX_SOURCE = 512
 #: Entries per ``ls`` reply frame, well inside the header limit.
@@ -48,6 +48,25 @@ def check_trailer(header: dict[str, Any] | None) -> dict[str, Any]:
     if header is None:
         raise ConnectionLost("the connection closed before the md5 trailer")
     return header
+
+
+def _hash_name(header: dict[str, Any]) -> str:
+    """The hash a transfer is checked with: ``hash``, md5 by default."""
+    name = text_field(header, "hash", HASHES[0])
+    if name not in HASHES:
+        raise ProtocolError(f"unknown hash {printable(name)!r}: use one of {', '.join(HASHES)}")
+    return name
+
+
+def _digest_field(header: dict[str, Any], name: str, required: bool = True) -> str | None:
+    """The hex digest of hash ``name`` in field ``name``, lowercased (None if absent
+    and not ``required``)."""
+    value = text_field(header, name) if required else text_field(header, name, None)
+    if value is None:
+        return None
+    if len(value) != HEX_LENGTH[name] or not _HEX.fullmatch(value.lower()):
+        raise ProtocolError(f"field '{name}' must be {HEX_LENGTH[name]} hex digits")
+    return value.lower()
 
 
 def _mib(size: int) -> str:
@@ -196,28 +215,31 @@ class FTPHandler(socketserver.StreamRequestHandler):
         return ok_reply(path=vpath, entries=batches[-1], more=False)
 
     def do_stat(self, header: dict[str, Any]) -> dict[str, Any]:
-        """Describe one file or folder; with ``md5`` true, a file's md5 too."""
+        """Describe one file or folder; with ``md5`` (or ``sha256``) true, a file's hash too."""
         storage = self._session_storage()
         vpath = storage.virtual(self.cwd, text_field(header, "path"))
         entry = storage.stat(vpath)
         reply = ok_reply(path=vpath, entry=entry.to_json())
-        if bool_field(header, "md5") and entry.type == "file":
-            reply["md5"] = self.server.file_md5(storage.real(vpath))
+        for name in HASHES:
+            if bool_field(header, name) and entry.type == "file":
+                reply[name] = self.server.file_digest(storage.real(vpath), name)
         return reply
 
     def do_get(self, header: dict[str, Any]) -> None:
-        """Send a file from ``offset``: reply header, the raw bytes, then a trailer with the md5."""
+        """Send a file from ``offset``: reply header, the raw bytes, then a trailer with
+        the hash (md5 unless ``hash`` names another) of the whole file."""
         storage = self._session_storage()
         vpath = storage.virtual(self.cwd, text_field(header, "filename"))
         offset = int_field(header, "offset", 0)
         source = text_field(header, "source", None)
+        name = _hash_name(header)
         with storage.open_read(vpath) as file:
             size, tag = self.server.identify(file)
             if offset > size or (offset and source != tag):
                 offset = 0  # the file changed since the partial was started: restart
-            md5 = self.server.md5_cache.get(file)
-            hasher = None if md5 else FileHasher(file, size)
-            self.send(ok_reply(filename=vpath, filesize=size, offset=offset, source=tag))
+            digest = self.server.digests.get(file, name)
+            hasher = None if digest else FileHasher(file, size, hash=name)
+            self.send(ok_reply(filename=vpath, filesize=size, offset=offset, source=tag, hash=name))
             self.mid_body = True  # from here an error can only end the connection
             try:
                 send_body(self.connection, file, offset, size - offset)
@@ -226,13 +248,14 @@ class FTPHandler(socketserver.StreamRequestHandler):
                     hasher.cancel()
                 raise
             if hasher:
-                md5 = self.server.md5_cache.put(file, hasher.result())
+                digest = self.server.digests.put(file, hasher.result(), name)
         self.mid_body = False
         self.subject, self.moved = vpath, size - offset
-        self.send(ok_reply(md5=md5))
+        self.send(ok_reply(**{name: digest}))
 
     def do_put(self, header: dict[str, Any]) -> dict[str, Any]:
-        """Receive a file into a partial, verify its md5, then rename it into place.
+        """Receive a file into a partial, verify its hash (md5 unless ``hash`` names
+        another), then rename it into place.
 
         Without ``resume`` this is the tutorial's one-shot put: the body follows
         the header at once, so an error found first ends the connection.
@@ -241,9 +264,8 @@ class FTPHandler(socketserver.StreamRequestHandler):
         self.mid_body = not resumable
         name = text_field(header, "filename")
         size = int_field(header, "filesize")
-        declared = text_field(header, "md5", None)
-        if declared is not None and not _MD5.fullmatch(declared.lower()):
-            raise ProtocolError("field 'md5' must be 32 hex digits")
+        algorithm = _hash_name(header)
+        declared = _digest_field(header, algorithm, required=False)
         source = text_field(header, "source", None)
         if source is not None and len(source) > MAX_SOURCE:
             raise ProtocolError(f"field 'source' is over {MAX_SOURCE} characters")
@@ -259,35 +281,35 @@ class FTPHandler(socketserver.StreamRequestHandler):
                                     lambda pending: self._check_quota(storage, size + pending, upload, final))
             offset, checkpoint = upload.prepare(size, source if resumable else None, restart)
             if resumable:
-                self.send(ok_reply(filename=vpath, offset=offset))
+                self.send(ok_reply(filename=vpath, offset=offset, hash=algorithm))
                 self.mid_body = True
             try:
-                md5 = self._receive(upload, size, offset, checkpoint, resumable)
+                digest = self._receive(upload, size, offset, checkpoint, resumable, algorithm)
             except BaseException:
                 if not resumable:
                     upload.discard()  # a one-shot put has no source tag to resume by
                 raise
             self.mid_body = False
             if resumable:
-                declared = text_field(check_trailer(read_frame(self.rfile)), "md5")
-            if declared is not None and md5 != declared.lower():
+                declared = _digest_field(check_trailer(read_frame(self.rfile)), algorithm)
+            if declared is not None and digest != declared:
                 upload.discard()
-                raise ChecksumError(f"checksum mismatch for {vpath}: received {md5}, "
-                                    f"the client's is {declared.lower()}")
+                raise ChecksumError(f"checksum mismatch for {vpath}: received {algorithm} {digest}, "
+                                    f"the client's is {declared}")
             upload.commit(final, sync=self.server.sync_uploads)
-            self.server.md5_cache.put(final, md5)  # the first get needs no re-hash
+            self.server.digests.put(final, digest, algorithm)  # the first get needs no re-hash
         self.subject, self.moved = vpath, size - offset
-        return ok_reply(filename=vpath, filesize=size, md5=md5)
+        return ok_reply(filename=vpath, filesize=size, **{algorithm: digest})
 
     def _receive(self, upload: PartialUpload, size: int, offset: int,
-                 checkpoint: Checkpoint | None, resumable: bool) -> str:
-        """Append the body to the partial and return the md5 of the whole file.
+                 checkpoint: Checkpoint | None, resumable: bool, name: str) -> str:
+        """Append the body to the partial and return the hash ``name`` of the whole file.
 
-        If the body is cut, a resumable partial keeps the md5 state of the bytes
-        it holds, so the next attempt need not hash them again.
+        If the body is cut, a resumable partial keeps the state of the hash of the
+        bytes it holds, so the next attempt need not hash them again.
         """
         digest = receiving_digest(upload.path, size, offset, checkpoint,
-                                  self.server.config.buffer_size)
+                                  self.server.config.buffer_size, name)
         try:
             with open(upload.path, "r+b", buffering=0) as file:
                 file.seek(offset)

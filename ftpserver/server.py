@@ -34,7 +34,8 @@ log = logging.getLogger(__name__)
 
 
 class DigestCache:
-    """md5 of files recently sent, keyed by inode, size, and modification and change times.
+    """Hashes of files recently sent or received, keyed by the hash's name and the
+    file's device, inode, size, and modification and change times.
 
     The change time (ctime) moves on every write and cannot be set back, so a file
     rewritten in place with its mtime restored is not mistaken for the old one.
@@ -42,28 +43,28 @@ class DigestCache:
 
     def __init__(self, capacity: int = 4096) -> None:
         self._capacity = capacity
-        self._entries: OrderedDict[tuple[int, ...], str] = OrderedDict()
+        self._entries: OrderedDict[tuple[object, ...], str] = OrderedDict()
         self._lock = threading.Lock()
 
     @staticmethod
-    def _key(file: BinaryIO | Path) -> tuple[int, ...]:
+    def _key(file: BinaryIO | Path, name: str) -> tuple[object, ...]:
         st = os.stat(file) if isinstance(file, Path) else os.fstat(file.fileno())
-        return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+        return name, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
-    def get(self, file: BinaryIO) -> str | None:
-        """Return the remembered md5 of an open file, or None."""
+    def get(self, file: BinaryIO, name: str = "md5") -> str | None:
+        """Return the remembered hash ``name`` of an open file, or None."""
         with self._lock:
-            return self._entries.get(self._key(file))
+            return self._entries.get(self._key(file, name))
 
-    def put(self, file: BinaryIO | Path, md5: str) -> str:
-        """Remember the md5 of an open file (or a path) and return it."""
-        key = self._key(file)
+    def put(self, file: BinaryIO | Path, digest: str, name: str = "md5") -> str:
+        """Remember the hash ``name`` of an open file (or a path) and return it."""
+        key = self._key(file, name)
         with self._lock:
-            self._entries[key] = md5
+            self._entries[key] = digest
             self._entries.move_to_end(key)
             while len(self._entries) > self._capacity:
                 self._entries.popitem(last=False)
-        return md5
+        return digest
 
 
 @dataclass
@@ -129,7 +130,7 @@ class FTPServer(socketserver.ThreadingTCPServer):
                          for name, user in config.users.items()}
         self.login_secret = os.urandom(32)
         self.throttle = LoginThrottle()
-        self.md5_cache = DigestCache()
+        self.digests = DigestCache()
         self._claims: dict[Path, _Claim] = {}
         self._claims_lock = threading.Lock()
         self._claims_changed = threading.Condition(self._claims_lock)
@@ -227,13 +228,14 @@ class FTPServer(socketserver.ThreadingTCPServer):
         st = os.fstat(file.fileno())
         return st.st_size, version_tag(st)
 
-    def file_md5(self, path: Path) -> str:
-        """Return the md5 of a file, from the cache when it has not changed."""
+    def file_digest(self, path: Path, name: str = "md5") -> str:
+        """Return the hash ``name`` of a file, from the cache when it has not changed."""
         with open(path, "rb") as file:
-            md5 = self.md5_cache.get(file)
-            if md5 is None:
-                md5 = self.md5_cache.put(file, FileHasher(file, os.fstat(file.fileno()).st_size).result())
-        return md5
+            digest = self.digests.get(file, name)
+            if digest is None:
+                size = os.fstat(file.fileno()).st_size
+                digest = self.digests.put(file, FileHasher(file, size, hash=name).result(), name)
+        return digest
 
     def sweep(self) -> int:
         """Remove abandoned partial uploads under every root; return how many."""

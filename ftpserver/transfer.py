@@ -1,7 +1,7 @@
 """Moving file bodies over a socket, shared by server and client.
 
-Bodies travel in fixed buffers (memory stays flat whatever the size).  The md5
-of the whole file is computed as the bytes pass, or from disk by a
+Bodies travel in fixed buffers (memory stays flat whatever the size).  The hash
+(md5, or sha256 when asked) of the whole file is computed as the bytes pass, or from disk by a
 :class:`FileHasher` thread that overlaps the network I/O.  Either can start
 from a saved :class:`~ftpserver.digest.Checkpoint`, so a resumed transfer need
 not hash again the bytes it already holds.
@@ -15,7 +15,7 @@ import threading
 from pathlib import Path
 from typing import BinaryIO, Callable, Union
 
-from .digest import Checkpoint, Md5
+from .digest import Checkpoint, Hash
 from .errors import ConnectionLost
 from .protocol import HASH_BLOCK
 
@@ -34,18 +34,19 @@ PASS_MIN = 4 * 1024 * 1024
 SEND_SLICE = 4 * 1024 * 1024
 
 
-def _md5_from(start: Checkpoint | None) -> Md5:
+def _hash_from(name: str, start: Checkpoint | None) -> Hash:
     """A hash taking up ``start``, or a new one if there is none or it does not fit."""
     if start is not None:
         try:
-            return Md5(start)
+            return Hash(name, start)
         except ValueError:
             pass
-    return Md5()
+    return Hash(name)
 
 
 class FileHasher:
-    """Compute the md5 of bytes ``[0, size)`` of a file in a background thread.
+    """Compute the hash (md5 unless ``hash`` says) of bytes ``[0, size)`` of a file in a
+    background thread.
 
     The file may still be growing: the hasher never reads past the point that
     :meth:`advance` has reported as written, so it can follow a writer.  With
@@ -55,9 +56,10 @@ class FileHasher:
 
     def __init__(self, source: str | Path | BinaryIO, size: int,
                  available: int | None = None, start: Checkpoint | None = None,
-                 on_checkpoint: Callable[[Checkpoint], None] | None = None) -> None:
+                 on_checkpoint: Callable[[Checkpoint], None] | None = None,
+                 hash: str = "md5") -> None:
         self.size = size
-        self._digest = _md5_from(start if start and start.offset <= size else None)
+        self._digest = _hash_from(hash, start if start and start.offset <= size else None)
         self._on_checkpoint = on_checkpoint
         self._receive_buffer: memoryview | None = None
         self._available = size if available is None else available
@@ -73,7 +75,7 @@ class FileHasher:
         if size - self._digest.length <= HASH_BLOCK and self._available >= size:
             self._run()  # a small file that is all there: a thread would cost more than it saves
         else:
-            self._thread = threading.Thread(target=self._run, name="md5", daemon=True)
+            self._thread = threading.Thread(target=self._run, name="hash", daemon=True)
             self._thread.start()
 
     def buffer(self) -> memoryview:
@@ -96,7 +98,7 @@ class FileHasher:
                 self._ready.notify()
 
     def result(self) -> str:
-        """Wait for the whole file to be hashed and return the hex md5.
+        """Wait for the whole file to be hashed and return the hex digest.
 
         Raises whatever error stopped the hashing (OSError, EOFError).
         """
@@ -158,9 +160,9 @@ class FileHasher:
 
 
 class _InlineDigest:
-    """md5 of received bytes, hashed from the receive buffer itself: no second read of the file."""
+    """The hash of received bytes, hashed from the receive buffer itself: no second read of the file."""
 
-    def __init__(self, digest: Md5, size: int) -> None:
+    def __init__(self, digest: Hash, size: int) -> None:
         self._digest = digest
         self._buffer = memoryview(bytearray(max(size, 1)))
 
@@ -181,7 +183,7 @@ class _InlineDigest:
 
 
 class _PassingDigest:
-    """md5 of received bytes, hashed from the receive buffers on a helper thread.
+    """The hash of received bytes, hashed from the receive buffers on a helper thread.
 
     The receiver fills one buffer of a small pool while the helper hashes the
     last: hashing overlaps the network and disk I/O, and no byte is read twice.
@@ -189,14 +191,14 @@ class _PassingDigest:
 
     POOL = 3
 
-    def __init__(self, digest: Md5, block: int) -> None:
+    def __init__(self, digest: Hash, block: int) -> None:
         self._digest = digest
         self._free: queue.SimpleQueue[memoryview] = queue.SimpleQueue()
         for _ in range(self.POOL):
             self._free.put(memoryview(bytearray(block)))
         self._full: queue.SimpleQueue[memoryview | None] = queue.SimpleQueue()
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="md5", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="hash", daemon=True)
         self._thread.start()
 
     def buffer(self) -> memoryview:
@@ -238,13 +240,13 @@ class _PassingDigest:
 
 #: What hashes a body as it is received: it lends the buffers to receive into
 #: (``buffer()``), takes each back once written (``received(view)``), and gives the
-#: md5 of the whole file (``result()``) or stops (``cancel()``) and tells the state reached.
+#: hash of the whole file (``result()``) or stops (``cancel()``) and tells the state reached.
 ReceivingDigest = Union[FileHasher, _InlineDigest, _PassingDigest]
 
 
 def receiving_digest(path: str | Path, size: int, offset: int, start: Checkpoint | None = None,
-                     buffer_size: int = HASH_BLOCK) -> ReceivingDigest:
-    """The md5 of a file received into ``path`` from ``offset`` on.
+                     buffer_size: int = HASH_BLOCK, hash: str = "md5") -> ReceivingDigest:
+    """The hash (md5 unless ``hash`` says) of a file received into ``path`` from ``offset`` on.
 
     The received bytes are hashed from the receive buffers (no second read of
     the file, which is what pays when both ends share few cores) when the state
@@ -254,13 +256,13 @@ def receiving_digest(path: str | Path, size: int, offset: int, start: Checkpoint
     is earlier, and then follows the writer.
     """
     if offset == 0 or (start and start.offset == offset):
-        digest = _md5_from(start if offset else None)
+        digest = _hash_from(hash, start if offset else None)
         if digest.length == offset:
             if size - offset > PASS_MIN:
                 return _PassingDigest(digest, max(buffer_size, PASS_BLOCK))
             return _InlineDigest(digest, min(buffer_size, size - offset))
     return FileHasher(path, size, available=offset,
-                      start=start if start and start.offset < offset else None)
+                      start=start if start and start.offset < offset else None, hash=hash)
 
 
 def receive_body(stream: BinaryIO, file: BinaryIO, count: int, buffer_size: int,

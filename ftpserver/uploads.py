@@ -3,7 +3,7 @@
 An upload of NAME is written to ``.NAME.ftp-partial`` beside it, with
 ``.NAME.ftp-partial.json`` recording the declared size and the client's
 ``source`` tag (a string that changes whenever the client's file does), and,
-once an upload is cut, the md5 state of the bytes held.  A later put of the same
+once an upload is cut, the state of the hash of the bytes held.  A later put of the same
 size and source resumes at the partial's length without hashing them again;
 anything else starts from zero.  Only a complete, verified partial is renamed to NAME.
 """
@@ -42,7 +42,7 @@ class PartialUpload:
     def prepare(self, size: int, source: str | None,
                 restart: bool = False) -> tuple[int, Checkpoint | None]:
         """Make the partial ready to receive; return the offset to resume from
-        and the md5 checkpoint saved for the bytes before it, if any.
+        and the hash checkpoint saved for the bytes before it, if any.
 
         A partial resumes only if it was started for the same ``size`` and a
         non-empty ``source``; otherwise it is emptied and recorded anew.
@@ -55,7 +55,7 @@ class PartialUpload:
         else:
             self._meta = meta
             held = min(size_of(self.path), size)
-            checkpoint = Checkpoint.from_json(meta.get("md5"))
+            checkpoint = Checkpoint.from_json(meta.get("checkpoint"))
             if checkpoint and not (checkpoint.offset <= held and checkpoint.holds(self.path)):
                 checkpoint = None
         with open(self.path, "ab") as file:
@@ -63,11 +63,11 @@ class PartialUpload:
         return held, checkpoint
 
     def save_checkpoint(self, checkpoint: Checkpoint) -> None:
-        """Record the md5 state of the first ``checkpoint.offset`` bytes of the partial,
+        """Record the hash state of the first ``checkpoint.offset`` bytes of the partial,
         once no more bytes are written to it (the partial must stay as it is now for
         the state to be used).  Raises OSError if it cannot be written.
         """
-        self._meta["md5"] = checkpoint.kept_for(self.path).to_json()
+        self._meta["checkpoint"] = checkpoint.kept_for(self.path).to_json()
         self._write_meta()
 
     def _read_meta(self) -> dict[str, Any] | None:

@@ -20,7 +20,7 @@ import pytest
 import ftpserver.transfer
 from ftpclient.checkpoints import CheckpointLog, cache_folder
 from ftpclient.client import Client
-from ftpserver.digest import Checkpoint, Md5, resumable
+from ftpserver.digest import Checkpoint, Hash, resumable
 from ftpserver.errors import ConnectionLost
 from ftpserver.server import FTPServer
 
@@ -87,11 +87,11 @@ def cut_get(port: int, name: str, dest: Path, at: float = 0.6) -> None:
 @pytest.mark.parametrize("split", [0, 1, 63, 64, 65, 1000, 65536 + 7])
 def test_md5_taken_up_from_a_saved_state_equals_hashlib(split: int) -> None:
     data = os.urandom(200_000)
-    first = Md5()
+    first = Hash("md5")
     first.update(bytearray(data[:split]))
     checkpoint = first.checkpoint()
     assert checkpoint is not None and checkpoint.offset == split
-    second = Md5(Checkpoint.from_json(json.loads(json.dumps(checkpoint.to_json()))))
+    second = Hash("md5", Checkpoint.from_json(json.loads(json.dumps(checkpoint.to_json()))))
     second.update(memoryview(bytearray(data[split:])))
     second.update(b"")
     assert second.hexdigest() == hashlib.md5(data).hexdigest()
@@ -101,7 +101,7 @@ def test_md5_taken_up_from_a_saved_state_equals_hashlib(split: int) -> None:
 def test_md5_hashes_every_byte_of_a_view_of_wider_items() -> None:
     import array
     words = array.array("I", range(1000))
-    digest = Md5()
+    digest = Hash("md5")
     digest.update(memoryview(words))
     digest.update(memoryview(bytes(words)))  # read-only
     assert digest.hexdigest() == hashlib.md5(bytes(words) * 2).hexdigest()
@@ -111,13 +111,13 @@ def test_md5_hashes_every_byte_of_a_view_of_wider_items() -> None:
 @pytest.mark.parametrize("state", ["", "zz", "00" * 10, "00" * 92])
 def test_md5_refuses_a_state_that_is_not_one_of_that_many_bytes(state: str) -> None:
     with pytest.raises(ValueError):
-        Md5(Checkpoint(100, state))
-    real = Md5()
+        Hash("md5", Checkpoint(100, state))
+    real = Hash("md5")
     real.update(b"x" * 100)
     checkpoint = real.checkpoint()
     assert checkpoint is not None
     with pytest.raises(ValueError):
-        Md5(checkpoint._replace(offset=101))
+        Hash("md5", checkpoint._replace(offset=101))
 
 
 # -- uploads ----------------------------------------------------------------------
@@ -132,14 +132,14 @@ def test_resumed_put_hashes_only_the_missing_bytes_on_both_ends(
     partial, meta = server_partial(storage_root, name)
     held = partial.stat().st_size
     assert 0 < held < SIZE
-    saved = json.loads(meta.read_text())["md5"]
+    saved = json.loads(meta.read_text())["checkpoint"]
     assert saved["offset"] == held, "the server saves the state of exactly the bytes it holds"
 
     reads = HashReads(monkeypatch)
     with Client(LOOPBACK, port, timeout=30) as client:
         result = client.put(source, name)
     assert result.offset == held
-    assert md5_of(storage_root / name) == md5_of(source) == result.md5
+    assert md5_of(storage_root / name) == md5_of(source) == result.digest
     # Without checkpoints the server would read `held` bytes and the client all SIZE.
     assert reads.bytes <= (SIZE - held) + EVERY, (reads.bytes, SIZE - held)
     assert not CheckpointLog.for_upload(source, _source_tag(source)).path.exists(), \
@@ -158,9 +158,9 @@ def test_a_state_from_another_boot_is_not_trusted(
     partial, meta = server_partial(storage_root, name)
     held = partial.stat().st_size
     fields = json.loads(meta.read_text())
-    if "boot" not in fields["md5"]:
+    if "boot" not in fields["checkpoint"]:
         pytest.skip("no boot id here: states are saved after a flush to disk instead")
-    fields["md5"]["boot"] = "another-boot"
+    fields["checkpoint"]["boot"] = "another-boot"
     meta.write_text(json.dumps(fields))
 
     reads = HashReads(monkeypatch)
@@ -223,10 +223,10 @@ def test_wrong_server_state_restarts_the_upload_and_stores_the_right_file(
     wait_released(server, name)
     _, meta = server_partial(storage_root, name)
     fields = json.loads(meta.read_text())
-    held = fields["md5"]["offset"]
-    other = Md5()
+    held = fields["checkpoint"]["offset"]
+    other = Hash("md5")
     other.update(os.urandom(held))  # a well-formed state of other bytes
-    fields["md5"]["state"] = other.checkpoint().state  # type: ignore[union-attr]
+    fields["checkpoint"]["state"] = other.checkpoint().state  # type: ignore[union-attr]
     meta.write_text(json.dumps(fields))
 
     with Client(LOOPBACK, port, timeout=30) as client:
@@ -248,7 +248,7 @@ def test_wrong_client_checkpoints_restart_the_upload_and_store_the_right_file(
     wrong = []
     for line in lines[1:]:
         offset = json.loads(line)["offset"]
-        other = Md5()
+        other = Hash("md5")
         other.update(os.urandom(offset))
         wrong.append(json.dumps(other.checkpoint()._asdict()))  # type: ignore[union-attr]
     log.path.write_text("\n".join(lines[:1] + wrong) + "\n")
@@ -287,7 +287,7 @@ def test_resumed_get_hashes_nothing_it_already_holds(
     partial, meta = client_partial(dest)
     held = partial.stat().st_size
     assert 0 < held < SIZE
-    assert json.loads(meta.read_text())["md5"]["offset"] == held
+    assert json.loads(meta.read_text())["checkpoint"]["offset"] == held
     with Client(LOOPBACK, port, timeout=30) as client:
         client.stat(name, md5=True)  # the server hashes the file now, not in the count below
         reads = HashReads(monkeypatch)
@@ -305,9 +305,9 @@ def test_wrong_download_state_restarts_the_get_and_keeps_the_right_file(
     cut_get(port, name, dest)
     _, meta = client_partial(dest)
     fields = json.loads(meta.read_text())
-    other = Md5()
-    other.update(os.urandom(fields["md5"]["offset"]))
-    fields["md5"]["state"] = other.checkpoint().state  # type: ignore[union-attr]
+    other = Hash("md5")
+    other.update(os.urandom(fields["checkpoint"]["offset"]))
+    fields["checkpoint"]["state"] = other.checkpoint().state  # type: ignore[union-attr]
     meta.write_text(json.dumps(fields))
     with Client(LOOPBACK, port, timeout=30) as client:
         result = client.get(name, dest)

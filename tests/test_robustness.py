@@ -411,5 +411,5 @@ def test_after_every_hostile_request_a_normal_round_trip_works(
         put = client.put(source)
         got = client.get("after.bin", local / "back.bin")
         client.rm("after.bin")
-    assert put.md5 == got.md5 == md5_of(source) == md5_of(local / "back.bin")
+    assert put.digest == got.digest == md5_of(source) == md5_of(local / "back.bin")
     assert not (storage_root / "after.bin").exists()

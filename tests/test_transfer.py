@@ -258,7 +258,7 @@ def test_re_putting_an_identical_file_sends_nothing(client: Client, storage_root
     again = client.put(source)
     assert again.skipped is True
     assert again.sent == 0
-    assert again.md5 == first.md5 == md5_of(source)
+    assert again.digest == first.digest == md5_of(source)
     assert (storage_root / "same.bin").stat().st_mtime_ns == mtime  # not rewritten
 
 
@@ -272,7 +272,7 @@ def test_getting_a_file_already_present_locally_sends_nothing(client: Client, st
     again = client.get("same.bin", local)
     assert again.skipped is True
     assert again.sent == 0
-    assert again.md5 == md5_of(source)
+    assert again.digest == md5_of(source)
     assert (local / "same.bin").stat().st_mtime_ns == mtime
 
 
