@@ -20,7 +20,7 @@ import pytest
 import ftpserver.transfer
 from ftpclient.checkpoints import CheckpointLog, cache_folder
 from ftpclient.client import Client
-from ftpserver.digest import Checkpoint, Hash, resumable
+from ftpserver.digest import HASHES, Checkpoint, Hash, resumable
 from ftpserver.errors import ConnectionLost
 from ftpserver.server import FTPServer
 
@@ -57,7 +57,7 @@ class HashReads:
         monkeypatch.setattr(os, "preadv", counting)
 
 
-def cut_put(port: int, source: Path, name: str, at: float = 0.6) -> None:
+def cut_put(port: int, source: Path, name: str, at: float = 0.6, hash: str = "md5") -> None:
     """Upload through a proxy that cuts the link at ``at`` of the body.
 
     On loopback the bytes can outrun the sender's hashing thread, which logs the
@@ -70,14 +70,14 @@ def cut_put(port: int, source: Path, name: str, at: float = 0.6) -> None:
         time.sleep(next(pauses, 0))
 
     with CuttingProxy(port, cut_after_up=int(SIZE * at)) as proxy:
-        with Client(LOOPBACK, proxy.port, timeout=30) as client:
+        with Client(LOOPBACK, proxy.port, timeout=30, hash=hash) as client:
             with pytest.raises(ConnectionLost):
                 client.put(source, name, progress=pause)
 
 
-def cut_get(port: int, name: str, dest: Path, at: float = 0.6) -> None:
+def cut_get(port: int, name: str, dest: Path, at: float = 0.6, hash: str = "md5") -> None:
     with CuttingProxy(port, cut_after_down=int(SIZE * at)) as proxy:
-        with Client(LOOPBACK, proxy.port, timeout=30) as client:
+        with Client(LOOPBACK, proxy.port, timeout=30, hash=hash) as client:
             with pytest.raises(ConnectionLost):
                 client.get(name, dest)
 
@@ -122,12 +122,13 @@ def test_md5_refuses_a_state_that_is_not_one_of_that_many_bytes(state: str) -> N
 
 # -- uploads ----------------------------------------------------------------------
 
+@pytest.mark.parametrize("hash", HASHES)
 def test_resumed_put_hashes_only_the_missing_bytes_on_both_ends(
         server: FTPServer, port: int, storage_root: Path, local: Path,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch: pytest.MonkeyPatch, hash: str) -> None:
     name = "resume-no-rehash.bin"
     source = random_file(local / name, SIZE, seed=41)
-    cut_put(port, source, name)
+    cut_put(port, source, name, hash=hash)
     wait_released(server, name)
     partial, meta = server_partial(storage_root, name)
     held = partial.stat().st_size
@@ -136,13 +137,14 @@ def test_resumed_put_hashes_only_the_missing_bytes_on_both_ends(
     assert saved["offset"] == held, "the server saves the state of exactly the bytes it holds"
 
     reads = HashReads(monkeypatch)
-    with Client(LOOPBACK, port, timeout=30) as client:
+    with Client(LOOPBACK, port, timeout=30, hash=hash) as client:
         result = client.put(source, name)
-    assert result.offset == held
-    assert md5_of(storage_root / name) == md5_of(source) == result.digest
+    assert result.offset == held and result.hash == hash
+    assert result.digest == hashlib.new(hash, source.read_bytes()).hexdigest()
+    assert md5_of(storage_root / name) == md5_of(source)
     # Without checkpoints the server would read `held` bytes and the client all SIZE.
     assert reads.bytes <= (SIZE - held) + EVERY, (reads.bytes, SIZE - held)
-    assert not CheckpointLog.for_upload(source, _source_tag(source)).path.exists(), \
+    assert not CheckpointLog.for_upload(source, _source_tag(source), hash).path.exists(), \
         "a finished upload's checkpoints are forgotten"
 
 
@@ -277,23 +279,25 @@ def test_stale_checkpoint_logs_are_removed(tmp_path: Path, local: Path) -> None:
 
 # -- downloads --------------------------------------------------------------------
 
+@pytest.mark.parametrize("hash", HASHES)
 def test_resumed_get_hashes_nothing_it_already_holds(
         server: FTPServer, port: int, storage_root: Path, local: Path,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch: pytest.MonkeyPatch, hash: str) -> None:
     name = "get-no-rehash.bin"
     remote = random_file(storage_root / name, SIZE, seed=44)
     dest = local / name
-    cut_get(port, name, dest)
+    cut_get(port, name, dest, hash=hash)
     partial, meta = client_partial(dest)
     held = partial.stat().st_size
     assert 0 < held < SIZE
     assert json.loads(meta.read_text())["checkpoint"]["offset"] == held
-    with Client(LOOPBACK, port, timeout=30) as client:
-        client.stat(name, md5=True)  # the server hashes the file now, not in the count below
+    with Client(LOOPBACK, port, timeout=30, hash=hash) as client:
+        client.stat(name, hash=hash)  # the server hashes the file now, not in the count below
         reads = HashReads(monkeypatch)
         result = client.get(name, dest)
     assert result.offset == held
     assert md5_of(dest) == md5_of(remote)
+    assert result.digest == hashlib.new(hash, remote.read_bytes()).hexdigest()
     assert reads.bytes == 0, "neither end re-read the file to hash it"
 
 
