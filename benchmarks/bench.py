@@ -340,6 +340,8 @@ MEASURES: dict[str, tuple[str, str]] = {
     "ours_put": ("ours put (md5 verified, restart)", "MB/s"),
     "ours_get": ("ours get (md5 verified; first get after the put)", "MB/s"),
     "ours_get_again": ("ours get again (server md5 remembered)", "MB/s"),
+    "ours_put_sha256": ("ours put, --hash sha256 (restart)", "MB/s"),
+    "ours_get_sha256": ("ours get, --hash sha256", "MB/s"),
     "threads_ours": ("ours: {n} clients (threads), put+get 1 MB each", "files/s"),
     "threads_pyftpdlib": ("pyftpdlib: {n} clients (threads, ftplib), STOR+RETR 1 MB", "files/s"),
     "cli_ours": ("ours: {n} x `ftpclient put` + `get` 1 MB, {jobs} at a time", "files/s"),
@@ -367,6 +369,7 @@ class Bench:
         self.servers: dict[str, Server] = {}
         self.main = tmp / "main.bin"
         self.main_md5 = ""
+        self.main_sha256 = ""
         self.small_dir = tmp / "small"
         self.clients = 100
         self.cli_count = 10 if args.quick else 100
@@ -516,21 +519,33 @@ class Bench:
     def bench_ours(self, run: int) -> None:
         server = self.server("ours")
         timeout = transfer_timeout(self.size)
-        put, rss = self.sample_server(server, lambda: run_worker(
-            ["ours-put", server.port, self.main, "main.bin"], timeout))
-        self._check_md5("ours put", put["md5"])
-        self.record("ours_put", self.size / MB / put["seconds"], rss, put["hwm"])
-        self.record_cpu("ours_put", self.server_cpu, put["cpu"], self.size / GiB)
         out = self.tmp / "ours_out.bin"
-        for key in ("ours_get", "ours_get_again"):
-            try:
-                get, rss = self.sample_server(server, lambda: run_worker(
-                    ["ours-get", server.port, "main.bin", out], timeout))
-            finally:
-                remove(out)
-            self._check_md5("ours get", get["md5"])
-            self.record(key, self.size / MB / get["seconds"], rss, get["hwm"])
-            self.record_cpu(key, self.server_cpu, get["cpu"], self.size / GiB)
+        for hash, suffix, gets in (("md5", "", ("ours_get", "ours_get_again")),
+                                   ("sha256", "_sha256", ("ours_get_sha256",))):
+            put, rss = self.sample_server(server, lambda: run_worker(
+                ["ours-put", server.port, self.main, "main.bin", hash], timeout))
+            self._check_digest("ours put", put)
+            self.record(f"ours_put{suffix}", self.size / MB / put["seconds"], rss, put["hwm"])
+            self.record_cpu(f"ours_put{suffix}", self.server_cpu, put["cpu"], self.size / GiB)
+            for key in gets:
+                try:
+                    get, rss = self.sample_server(server, lambda: run_worker(
+                        ["ours-get", server.port, "main.bin", out, hash], timeout))
+                finally:
+                    remove(out)
+                self._check_digest("ours get", get)
+                self.record(key, self.size / MB / get["seconds"], rss, get["hwm"])
+                self.record_cpu(key, self.server_cpu, get["cpu"], self.size / GiB)
+
+    def _check_digest(self, what: str, result: dict[str, Any]) -> None:
+        if result["hash"] == "md5":
+            self._check_md5(what, result["digest"])
+            return
+        if not self.main_sha256:
+            with open(self.main, "rb") as file:
+                self.main_sha256 = hashlib.file_digest(file, "sha256").hexdigest()
+        if result["digest"] != self.main_sha256:
+            raise RuntimeError(f"{what}: sha256 {result['digest']} is not the file's")
 
     def _check_md5(self, what: str, md5: str, expected: str | None = None) -> None:
         if md5 != (expected or self.main_md5):
@@ -813,6 +828,11 @@ RATIOS = [
     Ratio("put: measured / its CPU bound (1.0 = the cores never idle)", "ours_put", None,
           "info", 0, lambda r: r.median / cpu_bound(r) if cpu_bound(r) else None),
     Ratio("get / md5 in memory", "ours_get", "md5", ">=", 0.8),
+    Ratio("put with sha256 / put with md5 (what the option pays)", "ours_put_sha256", "ours_put",
+          "info", 0),
+    Ratio("put with sha256 / pyftpdlib STOR (no hash)", "ours_put_sha256", "pyftpdlib_stor",
+          "info", 0),
+    Ratio("get with sha256 / get with md5", "ours_get_sha256", "ours_get", "info", 0),
     Ratio("files/s ours / pyftpdlib, threads", "threads_ours", "threads_pyftpdlib", ">=", 1.0),
     Ratio("files/s, threads: our CPU bound / pyftpdlib measured", "threads_ours",
           "threads_pyftpdlib", "info", 0, cpu_bound),
@@ -994,10 +1014,10 @@ def worker_ftplib(op: str, port: str, source: str, target: str) -> dict[str, Any
     return {"seconds": seconds, "cpu": cpu}
 
 
-def worker_ours(op: str, port: str, source: str, target: str) -> dict[str, Any]:
+def worker_ours(op: str, port: str, source: str, target: str, hash: str = "md5") -> dict[str, Any]:
     from ftpclient.client import Client
 
-    with Client(LOOPBACK, int(port), timeout=120) as client:
+    with Client(LOOPBACK, int(port), timeout=120, hash=hash) as client:
         cpu_started = my_cpu()
         started = time.perf_counter()
         if op == "put":
@@ -1006,7 +1026,8 @@ def worker_ours(op: str, port: str, source: str, target: str) -> dict[str, Any]:
             result = client.get(source, target, restart=True)
         seconds = time.perf_counter() - started
         cpu = my_cpu() - cpu_started
-    return {"seconds": seconds, "md5": result.digest, "cpu": cpu}
+    return {"seconds": seconds, "md5": result.digest, "digest": result.digest,
+            "hash": result.hash, "cpu": cpu}
 
 
 def _small_files(directory: str, count: int) -> list[Path]:
