@@ -19,7 +19,7 @@ from ftpserver.errors import (ChecksumError, ConnectionLost, FTPError, IsADirect
                               NotFound, ProtocolError, Unreachable)
 from ftpserver.protocol import META_SUFFIX, PARTIAL_SUFFIX, CHUNK_SIZE, check_reply, encode_frame, read_frame
 from ftpserver.digest import HASHES, Checkpoint, version_tag
-from ftpserver.transfer import FileHasher, receive_body, receiving_digest, send_body
+from ftpserver.transfer import FileHasher, receive_body, receiving_digest, send_body, worth_saving
 
 from .checkpoints import CheckpointLog
 
@@ -307,7 +307,7 @@ class Client:
 
     def _put(self, file: BinaryIO, path: Path, target: str, size: int, source: str,
              restart: bool, progress: ProgressCallback | None) -> TransferResult:
-        log = CheckpointLog.for_upload(path, source, self.hash)
+        log = CheckpointLog.for_upload(path, source, self.hash) if worth_saving(size) else None
         if log and restart:
             log.discard()
         reply = self.request("put", filename=target, filesize=size, resume=True,

@@ -12,13 +12,12 @@ A state never crosses the wire; each end saves and restores its own.
 """
 from __future__ import annotations
 
-import ctypes
 import functools
 import hashlib
 import os
 import struct
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 __all__ = ["Hash", "HASHES", "HEX_LENGTH", "Checkpoint", "resumable", "boot_id", "version_tag"]
 
@@ -46,11 +45,13 @@ _LAYOUTS = {
 
 
 @functools.cache
-def _functions(name: str) -> tuple[ctypes._CFuncPtr, ...] | None:
+def _functions(name: str) -> tuple[Any, ...] | None:
     """OpenSSL's Init, Update and Final for hash ``name``, from the library hashlib
     uses, if they work as expected (loaded on first use)."""
     layout = _LAYOUTS[name]
     try:
+        import ctypes
+
         import _hashlib  # the module links libcrypto, so its handle reaches its functions
 
         lib = ctypes.CDLL(_hashlib.__file__)
@@ -157,19 +158,24 @@ class Checkpoint(NamedTuple):
 class Hash:
     """A hash (md5 or sha256) that can save its state at any point (:meth:`checkpoint`)."""
 
-    def __init__(self, name: str = "md5", start: Checkpoint | None = None) -> None:
+    def __init__(self, name: str = "md5", start: Checkpoint | None = None,
+                 savable: bool = True) -> None:
         """A new hash, or one taking up ``start``; raises ValueError for a state that
-        does not fit, KeyError for an unknown hash."""
+        does not fit, KeyError for an unknown hash.  With ``savable`` false (a small
+        file, quick to hash again), plain hashlib does the work and there is no state."""
         self.name = name
         self.length = 0
         self._layout = _LAYOUTS[name]
-        self._functions = _functions(name)
+        self._functions = _functions(name) if savable or start is not None else None
         self._hashlib = None
         if self._functions is None:
             if start is not None:
                 raise ValueError(f"{name} states cannot be restored here")
             self._hashlib = hashlib.new(name)
             return
+        import ctypes  # only here: a command that moves small files does not pay for it
+
+        self._ctypes = ctypes
         self._ctx = ctypes.create_string_buffer(_ROOM)
         if start is None:
             self._functions[0](self._ctx)
@@ -195,7 +201,7 @@ class Hash:
             self._hashlib.update(data)
         else:
             try:
-                pointer = (ctypes.c_char * len(data)).from_buffer(data)  # no copy
+                pointer = (self._ctypes.c_char * len(data)).from_buffer(data)  # no copy
             except TypeError:  # read-only
                 pointer = data.tobytes()
             self._functions[1](self._ctx, pointer, len(data))  # type: ignore[index]
@@ -205,8 +211,8 @@ class Hash:
         """The hash of everything hashed so far; hashing may go on after."""
         if self._hashlib is not None:
             return self._hashlib.hexdigest()
-        ctx = ctypes.create_string_buffer(self._ctx.raw, _ROOM)
-        out = ctypes.create_string_buffer(64)
+        ctx = self._ctypes.create_string_buffer(self._ctx.raw, _ROOM)
+        out = self._ctypes.create_string_buffer(64)
         self._functions[2](out, ctx)  # type: ignore[index]
         return out.raw[:self._layout.size].hex()
 

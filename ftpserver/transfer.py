@@ -20,7 +20,7 @@ from .errors import ConnectionLost
 from .protocol import HASH_BLOCK
 
 __all__ = ["FileHasher", "ReceivingDigest", "receiving_digest", "receive_body", "send_body", "Progress",
-           "CHECKPOINT_EVERY"]
+           "CHECKPOINT_EVERY", "worth_saving"]
 
 #: Called with the number of bytes just moved.
 Progress = Callable[[int], None]
@@ -34,14 +34,20 @@ PASS_MIN = 4 * 1024 * 1024
 SEND_SLICE = 4 * 1024 * 1024
 
 
-def _hash_from(name: str, start: Checkpoint | None) -> Hash:
+def _hash_from(name: str, start: Checkpoint | None, savable: bool) -> Hash:
     """A hash taking up ``start``, or a new one if there is none or it does not fit."""
     if start is not None:
         try:
             return Hash(name, start)
         except ValueError:
             pass
-    return Hash(name)
+    return Hash(name, savable=savable)
+
+
+def worth_saving(size: int) -> bool:
+    """Whether a file is large enough for its hash state to be worth keeping on a cut
+    (a smaller one is hashed again in a moment)."""
+    return size > CHECKPOINT_EVERY
 
 
 class FileHasher:
@@ -51,15 +57,17 @@ class FileHasher:
     The file may still be growing: the hasher never reads past the point that
     :meth:`advance` has reported as written, so it can follow a writer.  With
     ``start`` it hashes only from that checkpoint on; ``on_checkpoint`` gets the
-    state every :data:`CHECKPOINT_EVERY` bytes.
+    state every :data:`CHECKPOINT_EVERY` bytes.  Its state can be saved
+    (:meth:`checkpoint`) with ``on_checkpoint`` or ``savable``.
     """
 
     def __init__(self, source: str | Path | BinaryIO, size: int,
                  available: int | None = None, start: Checkpoint | None = None,
                  on_checkpoint: Callable[[Checkpoint], None] | None = None,
-                 hash: str = "md5") -> None:
+                 hash: str = "md5", savable: bool = False) -> None:
         self.size = size
-        self._digest = _hash_from(hash, start if start and start.offset <= size else None)
+        self._digest = _hash_from(hash, start if start and start.offset <= size else None,
+                                  savable=on_checkpoint is not None or savable)
         self._on_checkpoint = on_checkpoint
         self._receive_buffer: memoryview | None = None
         self._available = size if available is None else available
@@ -256,13 +264,14 @@ def receiving_digest(path: str | Path, size: int, offset: int, start: Checkpoint
     is earlier, and then follows the writer.
     """
     if offset == 0 or (start and start.offset == offset):
-        digest = _hash_from(hash, start if offset else None)
+        digest = _hash_from(hash, start if offset else None, worth_saving(size))
         if digest.length == offset:
             if size - offset > PASS_MIN:
                 return _PassingDigest(digest, max(buffer_size, PASS_BLOCK))
             return _InlineDigest(digest, min(buffer_size, size - offset))
     return FileHasher(path, size, available=offset,
-                      start=start if start and start.offset < offset else None, hash=hash)
+                      start=start if start and start.offset < offset else None, hash=hash,
+                      savable=worth_saving(size))
 
 
 def receive_body(stream: BinaryIO, file: BinaryIO, count: int, buffer_size: int,
