@@ -85,8 +85,11 @@ class Client:
 
     def _connect(self) -> tuple[socket.socket, BinaryIO]:
         host, port = self.host, self.port
+        # An ASCII name goes as bytes: a str would load the idna codec, a few ms of
+        # start-up for every one-command run.
+        address = host.encode("ascii") if host.isascii() else host
         try:
-            sock = socket.create_connection((host, port), timeout=self._timeout)
+            sock = socket.create_connection((address, port), timeout=self._timeout)
         except OSError as error:
             raise Unreachable(f"server unreachable at {host}:{port}: "
                               f"{error.strerror or error}") from None
