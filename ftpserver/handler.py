@@ -284,14 +284,21 @@ class FTPHandler(socketserver.StreamRequestHandler):
                 self.send(ok_reply(filename=vpath, offset=offset, hash=algorithm))
                 self.mid_body = True
             try:
-                digest = self._receive(upload, size, offset, checkpoint, resumable, algorithm)
+                digest, reached = self._receive(upload, size, offset, checkpoint, resumable,
+                                                algorithm)
             except BaseException:
                 if not resumable:
                     upload.discard()  # a one-shot put has no source tag to resume by
                 raise
             self.mid_body = False
             if resumable:
-                declared = _digest_field(check_trailer(read_frame(self.rfile)), algorithm)
+                try:
+                    declared = _digest_field(check_trailer(read_frame(self.rfile)), algorithm)
+                except ConnectionLost:  # cut before the trailer: all is held, keep its state
+                    if reached:
+                        with contextlib.suppress(OSError):
+                            upload.save_checkpoint(reached)
+                    raise
             if declared is not None and digest != declared:
                 upload.discard()
                 raise ChecksumError(f"checksum mismatch for {vpath}: received {algorithm} {digest}, "
@@ -301,9 +308,10 @@ class FTPHandler(socketserver.StreamRequestHandler):
         self.subject, self.moved = vpath, size - offset
         return ok_reply(filename=vpath, filesize=size, **{algorithm: digest})
 
-    def _receive(self, upload: PartialUpload, size: int, offset: int,
-                 checkpoint: Checkpoint | None, resumable: bool, name: str) -> str:
-        """Append the body to the partial and return the hash ``name`` of the whole file.
+    def _receive(self, upload: PartialUpload, size: int, offset: int, checkpoint: Checkpoint | None,
+                 resumable: bool, name: str) -> tuple[str, Checkpoint | None]:
+        """Append the body to the partial; return the hash ``name`` of the whole file
+        and its state (None where it cannot be saved).
 
         If the body is cut, a resumable partial keeps the state of the hash of the
         bytes it holds, so the next attempt need not hash them again.
@@ -321,7 +329,7 @@ class FTPHandler(socketserver.StreamRequestHandler):
                 with contextlib.suppress(OSError):
                     upload.save_checkpoint(reached)
             raise
-        return digest.result()
+        return digest.result(), digest.checkpoint()
 
     def _check_quota(self, storage: Storage, size: int, upload: PartialUpload, final: Path) -> None:
         """Refuse a put of ``size`` bytes over quota (the file it replaces not counted)."""

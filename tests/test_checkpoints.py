@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import threading
 import time
 from pathlib import Path
@@ -24,7 +25,7 @@ from ftpserver.digest import HASHES, Checkpoint, Hash, resumable
 from ftpserver.errors import ConnectionLost
 from ftpserver.server import FTPServer
 
-from helpers import LOOPBACK, CuttingProxy, md5_of, random_file
+from helpers import LOOPBACK, CuttingProxy, ask, md5_of, random_file
 from test_resume import client_partial, server_partial, wait_released
 
 pytestmark = pytest.mark.skipif(not resumable(), reason="md5 states cannot be saved here")
@@ -210,6 +211,30 @@ def test_a_changed_download_partial_is_hashed_again_and_the_right_file_kept(
         result = client.get(name, dest)
     assert result.offset == 0
     assert md5_of(dest) == md5_of(remote)
+
+
+def test_a_body_cut_just_before_its_trailer_keeps_the_whole_state(
+        server: FTPServer, port: int, storage_root: Path, local: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The client may still be hashing when the last byte has gone; a cut then
+    leaves the server with the whole body, and its state, not a full re-hash."""
+    name = "no-trailer.bin"
+    source = random_file(local / name, SIZE, seed=55)
+    with socket.create_connection((LOOPBACK, port), timeout=10) as sock:
+        reply = ask(sock, {"cmd": "put", "filename": name, "filesize": SIZE, "resume": True,
+                           "source": _source_tag(source)})
+        assert reply["ok"] and reply["offset"] == 0
+        sock.sendall(source.read_bytes())  # and no trailer
+    wait_released(server, name)
+    _, meta = server_partial(storage_root, name)
+    assert json.loads(meta.read_text())["checkpoint"]["offset"] == SIZE
+
+    reads = HashReads(monkeypatch)
+    with Client(LOOPBACK, port, timeout=30) as client:
+        result = client.put(source, name)
+    assert result.offset == SIZE and result.digest == md5_of(source)
+    assert reads.bytes == SIZE, "only the client hashed its file; the server took up its state"
+    assert md5_of(storage_root / name) == md5_of(source)
 
 
 def _source_tag(path: Path) -> str:
