@@ -41,6 +41,8 @@ _HEX = re.compile(r"[0-9a-f]+")
 MAX_SOURCE = 512
 #: Entries per ``ls`` reply frame, well inside the header limit.
 LS_BATCH = 100
+#: Seconds a TLS client has to finish its handshake (at most ``idle_timeout``).
+HANDSHAKE_TIMEOUT = 10.0
 
 
 def check_trailer(header: dict[str, Any] | None) -> dict[str, Any]:
@@ -95,12 +97,15 @@ class FTPHandler(socketserver.StreamRequestHandler):
         self.mid_body = False
 
     def _handshake(self) -> None:
+        """Complete TLS, giving a silent peer at most HANDSHAKE_TIMEOUT of its slot."""
+        self.connection.settimeout(min(HANDSHAKE_TIMEOUT, self.timeout))
         try:
             self.connection.do_handshake()  # type: ignore[attr-defined]
             self.tls_ok = True
         except (OSError, ssl.SSLError) as error:
             log.info("%s: TLS handshake failed: %s", self.client_address[0], error)
             self.tls_ok = False
+        self.connection.settimeout(self.timeout)
 
     # -- the request loop -------------------------------------------------
 

@@ -24,6 +24,7 @@ import pytest
 from ftpclient.client import Client
 from ftpserver.config import Config, TLSConfig
 from ftpserver.errors import Busy
+from ftpserver import handler as handler_module
 from ftpserver.server import FTPServer
 
 from helpers import LOOPBACK, ask, raw_frame, recv_frame, CuttingProxy, md5_of, random_file, run_cli
@@ -427,6 +428,30 @@ def test_stalled_tls_handshakes_hold_up_no_one(tls_server: FTPServer,
             sock.close()
 
 
+def test_silent_tls_peer_gives_up_its_slot_after_the_handshake_timeout(
+        make_server: ServerFactory, certs: dict[str, tuple[Path, Path]],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(handler_module, "HANDSHAKE_TIMEOUT", 1.0)
+    srv = make_server(tls=TLSConfig(*certs["good"]), max_connections=1, idle_timeout=300)
+    port = srv.server_address[1]
+    context = ssl.create_default_context(cafile=str(certs["good"][0]))
+    silent = socket.create_connection((LOOPBACK, port), timeout=10)  # takes the only slot
+    try:
+        reply: object = None
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and reply != "/":
+            try:
+                with Client(LOOPBACK, port, timeout=2, tls=context) as client:
+                    reply = client.pwd()
+            except Exception as error:  # busy until the silent peer's handshake times out
+                reply = error
+                time.sleep(0.1)
+        assert reply == "/"
+        assert silent.recv(1) == b""  # the server dropped it
+    finally:
+        silent.close()
+
+
 def test_silent_connection_over_the_tls_limit_blocks_no_one(
         make_server: ServerFactory, certs: dict[str, tuple[Path, Path]]) -> None:
     srv = make_server(tls=TLSConfig(*certs["good"]), max_connections=1)
@@ -436,6 +461,10 @@ def test_silent_connection_over_the_tls_limit_blocks_no_one(
     silent = socket.create_connection((LOOPBACK, port), timeout=10)  # over the limit, says nothing
     try:
         assert held.pwd() == "/"
+        # Connections are accepted in order: once this probe is refused, so was the silent
+        # one, which therefore cannot take the slot that closing ``held`` frees.
+        with pytest.raises(Busy), Client(LOOPBACK, port, timeout=10, tls=context) as probe:
+            probe.pwd()
         held.close()
         reply: object = None
         deadline = time.monotonic() + 20  # generous: a loaded machine is slow to notice the close
