@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Callable, NamedTuple
 
 from ftpserver.errors import (ChecksumError, ConnectionLost, FTPError, IsADirectory, LocalError,
                               NotFound, ProtocolError, Unreachable)
-from ftpserver.protocol import META_SUFFIX, PARTIAL_SUFFIX, CHUNK_SIZE, check_reply, encode_frame, read_frame
+from ftpserver.protocol import (META_SUFFIX, PARTIAL_SUFFIX, CHUNK_SIZE, check_reply, encode_frame,
+                                int_field, read_frame, text_field)
 from ftpserver.digest import HASHES, Checkpoint, version_tag
 from ftpserver.transfer import FileHasher, receive_body, receiving_digest, send_body, worth_saving
 
@@ -305,8 +306,7 @@ class Client:
         if not entry or entry["type"] != "file" or entry["size"] != size:
             return None
         remote = self._remote_digest(target, size)
-        return remote if FileHasher(file, size, hash=self.hash).result() == remote.get(self.hash) \
-            else None
+        return remote if self._same_content(file, size, remote) else None
 
     def _put(self, file: BinaryIO, path: Path, target: str, size: int, source: str,
              restart: bool, progress: ProgressCallback | None) -> TransferResult:
@@ -315,12 +315,12 @@ class Client:
             log.discard()
         reply = self.request("put", filename=target, filesize=size, resume=True,
                              source=source, restart=restart, **self._hash_field())
-        offset, name = reply["offset"], self._agreed_hash(reply)
+        self._mid_body = True  # the server now waits for the body: a failure ends the stream
+        offset, name = int_field(reply, "offset", high=size), self._agreed_hash(reply)
         log = log if name == self.hash else None
         # Hash from the last checkpoint at or before the server's offset, not from zero.
         hasher = FileHasher(file, size, start=log.best(offset) if log and offset else None,
                             on_checkpoint=log.add if log else None, hash=name)
-        self._mid_body = True
         try:
             send_body(self._sock, file, offset, size - offset, _Counter(progress, offset, size))
         except OSError as error:
@@ -343,7 +343,8 @@ class Client:
         final = self._end_of_body()  # a ChecksumError makes put() retry with restart
         if log:
             log.discard()
-        return TransferResult(final["filename"], path, size, offset, final[name], hash=name)
+        return TransferResult(text_field(final, "filename"), path, size, offset,
+                              text_field(final, name), hash=name)
 
     def _hash_field(self) -> dict[str, str]:
         """The request field asking for a hash other than md5 (none for md5, which
@@ -408,8 +409,13 @@ class Client:
             return None
         remote_entry = self._remote_digest(remote, size)
         with _open_local(dest) as file:
-            digest = FileHasher(file, size, hash=self.hash).result()
-        return remote_entry if digest == remote_entry.get(self.hash) else None
+            return remote_entry if self._same_content(file, size, remote_entry) else None
+
+    def _same_content(self, file: BinaryIO, size: int, remote: dict[str, Any]) -> bool:
+        """True if ``file`` hashes to the digest in ``remote`` (a server that did not
+        give one, say an older one asked for sha256, costs no read of the file)."""
+        digest = remote.get(self.hash)
+        return isinstance(digest, str) and FileHasher(file, size, hash=self.hash).result() == digest
 
     def _get(self, remote: str, dest: Path, restart: bool,
              progress: ProgressCallback | None) -> TransferResult:
@@ -419,8 +425,10 @@ class Client:
                     **self._hash_field()})
         reply = self._reply()
         self._mid_body = True
-        size, offset, name = reply["filesize"], reply["offset"], self._agreed_hash(reply)
-        partial.start(reply["filename"], reply["source"], size, offset)
+        size = int_field(reply, "filesize")
+        offset, name = int_field(reply, "offset", high=size), self._agreed_hash(reply)
+        filename = text_field(reply, "filename")
+        partial.start(filename, text_field(reply, "source"), size, offset)
         hasher = receiving_digest(partial.path, size, offset, checkpoint if offset else None,
                                   self.buffer_size, name)
         try:
@@ -439,10 +447,10 @@ class Client:
         digest = hasher.result()
         if digest != trailer.get(name):
             partial.discard()
-            raise ChecksumError(f"checksum mismatch for {reply['filename']}: received {name} "
+            raise ChecksumError(f"checksum mismatch for {filename}: received {name} "
                                 f"{digest}, the server's is {trailer.get(name)}")
         partial.commit()
-        return TransferResult(reply["filename"], dest, size, offset, digest, hash=name)
+        return TransferResult(filename, dest, size, offset, digest, hash=name)
 
 
 class PartialDownload:

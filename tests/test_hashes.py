@@ -5,16 +5,18 @@ checks with in its reply, and the trailers carry ``sha256`` instead of ``md5``.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import socket
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 
 from ftpclient.client import Client
 from ftpserver.config import Config
+from ftpserver.errors import ProtocolError
 from ftpserver.handler import FTPHandler
 from ftpserver.server import FTPServer
 
@@ -136,19 +138,51 @@ class Md5OnlyHandler(FTPHandler):
         super().send(header)
 
 
-def test_a_server_that_knows_no_hash_field_gets_md5(config: Config, local: Path) -> None:
-    server = FTPServer(config, handler=Md5OnlyHandler)
+@contextlib.contextmanager
+def serving(config: Config, handler: type[FTPHandler]) -> Iterator[int]:
+    """Run a server with ``handler`` in this process; yield its port."""
+    server = FTPServer(config, handler=handler)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
                               daemon=True)
     thread.start()
     try:
-        source = random_file(local / "old.bin", 2 * MiB, seed=54)
-        with Client(LOOPBACK, server.server_address[1], timeout=30, hash="sha256") as client:
-            put = client.put(source, "old.bin")
-            got = client.get("old.bin", local / "back.bin")
-        assert (put.hash, put.digest) == (got.hash, got.digest) == ("md5", md5_of(source))
-        assert md5_of(local / "back.bin") == md5_of(source)
+        yield server.server_address[1]
     finally:
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+def test_a_server_that_knows_no_hash_field_gets_md5(config: Config, local: Path) -> None:
+    with serving(config, Md5OnlyHandler) as port:
+        source = random_file(local / "old.bin", 2 * MiB, seed=54)
+        with Client(LOOPBACK, port, timeout=30, hash="sha256") as client:
+            put = client.put(source, "old.bin")
+            got = client.get("old.bin", local / "back.bin")
+        assert (put.hash, put.digest) == (got.hash, got.digest) == ("md5", md5_of(source))
+        assert md5_of(local / "back.bin") == md5_of(source)
+
+
+class OddHashHandler(FTPHandler):
+    """A server that offers a hash the client never asked for."""
+
+    def send(self, header: dict[str, Any]) -> None:
+        if "offset" in header:  # the reply that starts a body
+            header["hash"] = "crc32"
+        super().send(header)
+
+
+@pytest.mark.parametrize("command", ["put", "get"])
+def test_a_reply_with_an_unknown_hash_fails_and_the_next_request_works(
+        config: Config, storage_root: Path, local: Path, command: str) -> None:
+    source = random_file(local / "f.bin", MiB, seed=56)
+    (storage_root / "f.bin").write_bytes(source.read_bytes())
+    with serving(config, OddHashHandler) as port, \
+            Client(LOOPBACK, port, timeout=10, hash="sha256") as client:
+        with pytest.raises(ProtocolError, match="crc32"):
+            if command == "put":
+                client.put(source, "g.bin")
+            else:
+                client.get("f.bin", local / "g.bin")
+        assert client.pwd() == "/"  # a fresh connection, not body bytes read as a request
+    assert not (storage_root / "g.bin").exists() and not (local / "g.bin").exists()
