@@ -455,7 +455,7 @@ class Client:
 
 class PartialDownload:
     """A download in progress: ``NAME.ftp-partial`` beside the destination, and its
-    metadata (what is downloaded, and once cut, the md5 state of the bytes held)."""
+    metadata (what is downloaded, and once cut, the hash state of the bytes held)."""
 
     def __init__(self, dest: Path) -> None:
         self.dest = dest
@@ -464,7 +464,7 @@ class PartialDownload:
         self._fields: dict[str, Any] = {}
 
     def resumable(self) -> tuple[int, str | None, Checkpoint | None]:
-        """Return the bytes held, the server's tag for them and their md5 checkpoint,
+        """Return the bytes held, the server's tag for them and their hash checkpoint,
         or (0, None, None)."""
         try:
             meta = json.loads(self.meta.read_text("utf-8"))
@@ -491,7 +491,7 @@ class PartialDownload:
             raise LocalError(f"cannot write {self.path}: {error.strerror}") from None
 
     def save_checkpoint(self, reached: Checkpoint | None) -> None:
-        """Keep the md5 state of the bytes held, once no more are written.
+        """Keep the hash state of the bytes held, once no more are written.
 
         A partial that cannot be written keeps what it had.
         """

@@ -34,13 +34,14 @@ class _Layout(NamedTuple):
     bits: int              # index of the low word of the bit count (the high word follows)
     pending: int           # index of the count of bytes waiting for a whole block
     size: int              # of the digest, in bytes
+    fixed: tuple[tuple[int, int], ...] = ()  # (index, value) of fields every state has
 
 
 _LAYOUTS = {
     # MD5_CTX: A, B, C, D, Nl, Nh, data[16], num
     "md5": _Layout("MD5", struct.Struct("=4I2I64sI"), 4, 7, 16),
     # SHA256_CTX: h[8], Nl, Nh, data[16], num, md_len
-    "sha256": _Layout("SHA256", struct.Struct("=8I2I64s2I"), 8, 11, 32),
+    "sha256": _Layout("SHA256", struct.Struct("=8I2I64s2I"), 8, 11, 32, ((12, 32),)),
 }
 
 
@@ -68,12 +69,16 @@ def _functions(name: str) -> tuple[Any, ...] | None:
         fields = layout.ctx.unpack_from(ctx.raw)
         out = ctypes.create_string_buffer(64)
         if fields[layout.bits:layout.bits + 2] != (800, 0) or fields[layout.pending] != 36 \
-                or final(out, ctx) != 1:
+                or not _has_fixed(layout, fields) or final(out, ctx) != 1:
             return None
         return (init, update, final) if out.raw[:layout.size] == hashlib.new(name, sample).digest() \
             else None
     except (ImportError, OSError, AttributeError, ValueError):
         return None
+
+
+def _has_fixed(layout: _Layout, fields: tuple[Any, ...]) -> bool:
+    return all(fields[index] == value for index, value in layout.fixed)
 
 
 #: Hex digits in each hash's digest.
@@ -189,7 +194,8 @@ class Hash:
             raise ValueError(f"not a {name} state") from None
         bits, at = start.offset * 8, self._layout.bits
         if (fields[at], fields[at + 1], fields[self._layout.pending]) != (
-                bits & 0xFFFFFFFF, bits >> 32, start.offset % 64):
+                bits & 0xFFFFFFFF, bits >> 32, start.offset % 64) \
+                or not _has_fixed(self._layout, fields):
             raise ValueError(f"the {name} state is not that of {start.offset} bytes")
         ctypes.memmove(self._ctx, raw, len(raw))
         self.length = start.offset

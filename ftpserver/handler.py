@@ -48,7 +48,7 @@ HANDSHAKE_TIMEOUT = 10.0
 def check_trailer(header: dict[str, Any] | None) -> dict[str, Any]:
     """Return the trailer frame that ends a put's body.  Raises ConnectionLost if missing."""
     if header is None:
-        raise ConnectionLost("the connection closed before the md5 trailer")
+        raise ConnectionLost("the connection closed before the trailer with the file's hash")
     return header
 
 
@@ -271,6 +271,9 @@ class FTPHandler(socketserver.StreamRequestHandler):
         size = int_field(header, "filesize")
         algorithm = _hash_name(header)
         declared = _digest_field(header, algorithm, required=False)
+        for other in HASHES:
+            if other != algorithm and other in header:  # never let a given digest go unchecked
+                raise ProtocolError(f"field '{other}' does not match hash '{algorithm}'")
         source = text_field(header, "source", None)
         if source is not None and len(source) > MAX_SOURCE:
             raise ProtocolError(f"field 'source' is over {MAX_SOURCE} characters")

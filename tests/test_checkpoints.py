@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import socket
 import threading
 import time
@@ -85,17 +86,18 @@ def cut_get(port: int, name: str, dest: Path, at: float = 0.6, hash: str = "md5"
 
 # -- the hash itself -------------------------------------------------------------
 
+@pytest.mark.parametrize("hash", HASHES)
 @pytest.mark.parametrize("split", [0, 1, 63, 64, 65, 1000, 65536 + 7])
-def test_md5_taken_up_from_a_saved_state_equals_hashlib(split: int) -> None:
+def test_a_hash_taken_up_from_a_saved_state_equals_hashlib(split: int, hash: str) -> None:
     data = os.urandom(200_000)
-    first = Hash("md5")
+    first = Hash(hash)
     first.update(bytearray(data[:split]))
     checkpoint = first.checkpoint()
     assert checkpoint is not None and checkpoint.offset == split
-    second = Hash("md5", Checkpoint.from_json(json.loads(json.dumps(checkpoint.to_json()))))
+    second = Hash(hash, Checkpoint.from_json(json.loads(json.dumps(checkpoint.to_json()))))
     second.update(memoryview(bytearray(data[split:])))
     second.update(b"")
-    assert second.hexdigest() == hashlib.md5(data).hexdigest()
+    assert second.hexdigest() == hashlib.new(hash, data).hexdigest()
     assert second.hexdigest() == second.hexdigest(), "hexdigest must not end the hash"
 
 
@@ -109,16 +111,30 @@ def test_md5_hashes_every_byte_of_a_view_of_wider_items() -> None:
     assert digest.length == 2 * len(bytes(words))
 
 
-@pytest.mark.parametrize("state", ["", "zz", "00" * 10, "00" * 92])
-def test_md5_refuses_a_state_that_is_not_one_of_that_many_bytes(state: str) -> None:
+@pytest.mark.parametrize("hash", HASHES)
+@pytest.mark.parametrize("state", ["", "zz", "00" * 10, "00" * 92, "00" * 112])
+def test_a_hash_refuses_a_state_that_is_not_one_of_that_many_bytes(state: str, hash: str) -> None:
     with pytest.raises(ValueError):
-        Hash("md5", Checkpoint(100, state))
-    real = Hash("md5")
+        Hash(hash, Checkpoint(100, state, hash=hash))
+    real = Hash(hash)
     real.update(b"x" * 100)
     checkpoint = real.checkpoint()
     assert checkpoint is not None
     with pytest.raises(ValueError):
-        Hash("md5", checkpoint._replace(offset=101))
+        Hash(hash, checkpoint._replace(offset=101))
+    with pytest.raises(ValueError):
+        Hash(HASHES[1 - HASHES.index(hash)], checkpoint)
+
+
+def test_a_sha256_state_of_another_digest_length_is_refused() -> None:
+    real = Hash("sha256")
+    real.update(b"x" * 100)
+    checkpoint = real.checkpoint()
+    assert checkpoint is not None
+    raw = bytes.fromhex(checkpoint.state)
+    sha224 = raw[:-4] + (28).to_bytes(4, sys.byteorder)  # what SHA224 keeps in the same struct
+    with pytest.raises(ValueError):
+        Hash("sha256", checkpoint._replace(state=sha224.hex()))
 
 
 # -- uploads ----------------------------------------------------------------------

@@ -114,6 +114,18 @@ def test_a_wrong_sha256_trailer_stores_nothing(port: int, storage_root: Path,
     assert not (storage_root / "bad.bin").exists()
 
 
+def test_a_one_shot_put_whose_digest_is_not_the_named_hash_stores_nothing(
+        port: int, storage_root: Path) -> None:
+    body = b"y" * 5000
+    with connect(port) as sock:
+        sock.sendall(raw_frame({"cmd": "put", "filename": "odd.bin", "filesize": len(body),
+                                "hash": "sha256", "md5": "00" * 16}) + body)
+        reply = recv_frame(sock)
+    assert reply["ok"] is False and reply["error"] == "bad_request"
+    assert "md5" in reply["message"]
+    assert not (storage_root / "odd.bin").exists()
+
+
 def test_an_md5_state_is_not_taken_up_by_a_sha256_resume(
         server: FTPServer, port: int, storage_root: Path, local: Path) -> None:
     source = random_file(local / "mixed.bin", 8 * MiB, seed=53)
