@@ -476,7 +476,7 @@ class PartialDownload:
             return 0, None, None
         held = min(held, meta["filesize"])
         checkpoint = Checkpoint.from_json(meta.get("checkpoint"))
-        if checkpoint and not (checkpoint.offset <= held and checkpoint.holds(self.path)):
+        if checkpoint and not checkpoint.holds(self.path, held):
             checkpoint = None
         return held, meta["source"], checkpoint
 

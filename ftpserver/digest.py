@@ -150,14 +150,16 @@ class Checkpoint(NamedTuple):
                 getattr(os, "fdatasync", os.fsync)(file.fileno())
             return self._replace(held=version_tag(os.fstat(file.fileno())), boot=boot)
 
-    def holds(self, data: Path) -> bool:
-        """Whether this checkpoint still describes the bytes in ``data``: the file is
-        as it was when the checkpoint was kept, in this boot of the machine."""
+    def holds(self, data: Path, held: int) -> bool:
+        """Whether this checkpoint still describes the first ``held`` bytes in ``data``:
+        it is of no more bytes, and the file is as it was when the checkpoint was
+        kept, in this boot of the machine."""
         try:
             tag = version_tag(data.stat())
         except OSError:
             return False
-        return self.held == tag and (self.boot is None or self.boot == boot_id())
+        return self.offset <= held and self.held == tag \
+            and (self.boot is None or self.boot == boot_id())
 
 
 class Hash:

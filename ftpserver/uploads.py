@@ -56,7 +56,7 @@ class PartialUpload:
             self._meta = meta
             held = min(size_of(self.path), size)
             checkpoint = Checkpoint.from_json(meta.get("checkpoint"))
-            if checkpoint and not (checkpoint.offset <= held and checkpoint.holds(self.path)):
+            if checkpoint and not checkpoint.holds(self.path, held):
                 checkpoint = None
         with open(self.path, "ab") as file:
             file.truncate(held)
