@@ -26,7 +26,7 @@ from .protocol import (bool_field, encode_frame, error_reply, int_field, ok_repl
                        read_frame, text_field)
 from .storage import Storage
 from .transfer import FileHasher, receive_body, receiving_digest, send_body
-from .uploads import PartialUpload, size_of
+from .uploads import PartialUpload, Writeback, size_of
 
 if TYPE_CHECKING:
     from .server import FTPServer
@@ -329,7 +329,10 @@ class FTPHandler(socketserver.StreamRequestHandler):
         try:
             with open(upload.path, "r+b", buffering=0) as file:
                 file.seek(offset)
-                receive_body(self.rfile, file, size - offset, self.server.config.buffer_size, digest)
+                writeback = Writeback(file.fileno(), offset) if self.server.sync_uploads \
+                    and size - offset > Writeback.EVERY else None
+                receive_body(self.rfile, file, size - offset, self.server.config.buffer_size,
+                             digest, writeback)
         except BaseException:
             digest.cancel()
             reached = digest.checkpoint()

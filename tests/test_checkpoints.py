@@ -25,6 +25,7 @@ from ftpclient.client import Client
 from ftpserver.digest import HASHES, Checkpoint, Hash, resumable
 from ftpserver.errors import ConnectionLost
 from ftpserver.server import FTPServer
+from ftpserver.uploads import Writeback
 
 from helpers import LOOPBACK, CuttingProxy, ask, md5_of, random_file
 from test_resume import client_partial, server_partial, wait_released
@@ -38,8 +39,10 @@ EVERY = 1 * MiB
 
 @pytest.fixture(autouse=True)
 def small_checkpoints(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Checkpoints every MiB, so that files of a few MiB have several."""
+    """Checkpoints (and the start of writing to disk) every MiB, so that files of a
+    few MiB have several."""
     monkeypatch.setattr(ftpserver.transfer, "CHECKPOINT_EVERY", EVERY)
+    monkeypatch.setattr(Writeback, "EVERY", EVERY)
 
 
 class HashReads:
