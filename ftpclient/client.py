@@ -316,7 +316,11 @@ class Client:
         reply = self.request("put", filename=target, filesize=size, resume=True,
                              source=source, restart=restart, **self._hash_field())
         self._mid_body = True  # the server now waits for the body: a failure ends the stream
-        offset, name = int_field(reply, "offset", high=size), self._agreed_hash(reply)
+        try:
+            offset, name = int_field(reply, "offset", high=size), self._agreed_hash(reply)
+        except FTPError:
+            self._abort()  # let the server go of the partial now, not at the next request
+            raise
         log = log if name == self.hash else None
         # Hash from the last checkpoint at or before the server's offset, not from zero.
         hasher = FileHasher(file, size, start=log.best(offset) if log and offset else None,

@@ -13,6 +13,7 @@ import functools
 import json
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -61,7 +62,9 @@ _SYNC_FILE_RANGE_WRITE = 2
 
 @functools.cache
 def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
-    """libc's sync_file_range, or None where there is none."""
+    """libc's sync_file_range (Linux), or None where there is none."""
+    if not sys.platform.startswith("linux"):
+        return None
     try:
         import ctypes
 

@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
+
+import pytest
 
 from ftpserver.uploads import Writeback
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="sync_file_range is Linux's")
 def test_writeback_starts_the_disk_every_so_many_bytes(tmp_path: Path) -> None:
     every = Writeback.EVERY
     with open(tmp_path / "f.bin", "wb", buffering=0) as file:
