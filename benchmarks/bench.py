@@ -327,6 +327,13 @@ class Result:
     def median(self) -> float | None:
         return statistics.median(self.values) if self.values else None
 
+    @property
+    def cpu_both(self) -> float | None:
+        """Median CPU seconds per unit of work, server and client together."""
+        if not self.server_cpu:
+            return None
+        return statistics.median(s + c for s, c in zip(self.server_cpu, self.client_cpu))
+
 
 #: key -> (label, unit); the table lists them in this order.
 MEASURES: dict[str, tuple[str, str]] = {
@@ -708,11 +715,11 @@ class Bench:
         try:
             put, rss = self.sample_server(server, lambda: run_worker(
                 ["ours-put", server.port, big, "big.bin"], timeout))
-            self._check_md5("big put", put["md5"], md5)
+            self._check_md5("big put", put["digest"], md5)
             self.record("big_put", BIG_SIZE / MB / put["seconds"], rss, put["hwm"])
             get, rss = self.sample_server(server, lambda: run_worker(
                 ["ours-get", server.port, "big.bin", out], timeout))
-            self._check_md5("big get", get["md5"], md5)
+            self._check_md5("big get", get["digest"], md5)
             self.record("big_get", BIG_SIZE / MB / get["seconds"], rss, get["hwm"])
         finally:
             remove(big, out, server.root / "big.bin")
@@ -810,10 +817,8 @@ def _mb(size: int | None) -> float | None:
 def cpu_bound(result: Result) -> float | None:
     """The rate this machine's cores would allow if they did nothing but this measure's
     work on both ends (MB/s or files/s), from the median CPU seconds per unit."""
-    if not result.server_cpu:
-        return None
-    both = statistics.median(s + c for s, c in zip(result.server_cpu, result.client_cpu))
-    if both <= 0:
+    both = result.cpu_both
+    if not both or both <= 0:
         return None
     cores = os.cpu_count() or 1
     return cores * GiB / MB / both if result.unit == "MB/s" else cores * 100 / both
@@ -868,9 +873,8 @@ def _cpu_table(results: dict[str, Result]) -> list[str]:
         if result is None or not result.server_cpu:
             continue
         server, client = statistics.median(result.server_cpu), statistics.median(result.client_cpu)
-        both = statistics.median(s + c for s, c in zip(result.server_cpu, result.client_cpu))
         unit = "CPU-s per GiB" if result.unit == "MB/s" else "CPU-s per 100 files"
-        lines.append(f"| {result.label} | {server:.2f} | {client:.2f} | {both:.2f} | {unit} | "
+        lines.append(f"| {result.label} | {server:.2f} | {client:.2f} | {result.cpu_both:.2f} | {unit} | "
                      f"{fmt_value(cpu_bound(result), result.unit)} {result.unit} |")
     return lines if len(lines) > 2 else []
 
@@ -1026,7 +1030,7 @@ def worker_ours(op: str, port: str, source: str, target: str, hash: str = "md5")
             result = client.get(source, target, restart=True)
         seconds = time.perf_counter() - started
         cpu = my_cpu() - cpu_started
-    return {"seconds": seconds, "md5": result.digest, "digest": result.digest,
+    return {"seconds": seconds, "digest": result.digest,
             "hash": result.hash, "cpu": cpu}
 
 

@@ -8,7 +8,6 @@ becomes an error reply with its code; anything else is logged and sent as
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import re
 import socketserver
@@ -303,9 +302,7 @@ class FTPHandler(socketserver.StreamRequestHandler):
                 try:
                     declared = _digest_field(check_trailer(read_frame(self.rfile)), algorithm)
                 except ConnectionLost:  # cut before the trailer: all is held, keep its state
-                    if reached:
-                        with contextlib.suppress(OSError):
-                            upload.save_checkpoint(reached)
+                    upload.save_checkpoint(reached)
                     raise
             if declared is not None and digest != declared:
                 upload.discard()
@@ -335,10 +332,8 @@ class FTPHandler(socketserver.StreamRequestHandler):
                              digest, writeback)
         except BaseException:
             digest.cancel()
-            reached = digest.checkpoint()
-            if resumable and reached and reached.offset:
-                with contextlib.suppress(OSError):
-                    upload.save_checkpoint(reached)
+            if resumable:
+                upload.save_checkpoint(digest.checkpoint())
             raise
         return digest.result(), digest.checkpoint()
 

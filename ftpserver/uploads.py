@@ -9,6 +9,7 @@ anything else starts from zero.  Only a complete, verified partial is renamed to
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -34,8 +35,8 @@ def size_of(path: Path) -> int:
 
 
 class Writeback:
-    """Starts writing a file's received bytes to disk every WRITEBACK_EVERY bytes,
-    while more arrive, so the fsync that commits it has little left to wait for.
+    """Starts writing a file's received bytes to disk every :attr:`EVERY` bytes, while
+    more arrive, so the fsync that commits it has little left to wait for.
 
     Called with the size of each write, as a progress callback.  Uses Linux's
     sync_file_range, which only starts the writing; elsewhere it does nothing.
@@ -107,13 +108,17 @@ class PartialUpload:
             file.truncate(held)
         return held, checkpoint
 
-    def save_checkpoint(self, checkpoint: Checkpoint) -> None:
-        """Record the hash state of the first ``checkpoint.offset`` bytes of the partial,
-        once no more bytes are written to it (the partial must stay as it is now for
-        the state to be used).  Raises OSError if it cannot be written.
+    def save_checkpoint(self, reached: Checkpoint | None) -> None:
+        """Keep the hash state of the bytes held, once no more are written (the partial
+        must stay as it is now for the state to be used).
+
+        A partial whose metadata cannot be written keeps what it had.
         """
-        self._meta["checkpoint"] = checkpoint.kept_for(self.path).to_json()
-        self._write_meta()
+        if not reached or not reached.offset:
+            return
+        with contextlib.suppress(OSError):
+            self._meta["checkpoint"] = reached.kept_for(self.path).to_json()
+            self._write_meta()
 
     def _read_meta(self) -> dict[str, Any] | None:
         try:
