@@ -135,9 +135,10 @@ class Checkpoint(NamedTuple):
             return None
         return cls(offset, state, held, boot, name)
 
-    def kept_for(self, data: Path) -> "Checkpoint":
-        """This checkpoint, to keep beside the received bytes in ``data`` (no more
-        are written to it after): tied to the file as it is now, and to this boot.
+    def kept_for(self, data: Path | int) -> "Checkpoint":
+        """This checkpoint, to keep beside the received bytes in ``data`` (a path or an
+        open descriptor; no more are written to it after): tied to the file as it is
+        now, and to this boot.
 
         Until the machine restarts, the bytes written are there to read (the page
         cache holds what is not yet on disk), so nothing waits for the disk; where
@@ -145,17 +146,22 @@ class Checkpoint(NamedTuple):
         Raises OSError.
         """
         boot = boot_id()
+        if isinstance(data, int):
+            return self._kept(data, boot)
         with open(data, "rb") as file:
-            if boot is None:
-                getattr(os, "fdatasync", os.fsync)(file.fileno())
-            return self._replace(held=version_tag(os.fstat(file.fileno())), boot=boot)
+            return self._kept(file.fileno(), boot)
 
-    def holds(self, data: Path, held: int) -> bool:
-        """Whether this checkpoint still describes the first ``held`` bytes in ``data``:
-        it is of no more bytes, and the file is as it was when the checkpoint was
-        kept, in this boot of the machine."""
+    def _kept(self, fd: int, boot: str | None) -> "Checkpoint":
+        if boot is None:
+            getattr(os, "fdatasync", os.fsync)(fd)
+        return self._replace(held=version_tag(os.fstat(fd)), boot=boot)
+
+    def holds(self, data: Path | int, held: int) -> bool:
+        """Whether this checkpoint still describes the first ``held`` bytes in ``data``
+        (a path or an open descriptor): it is of no more bytes, and the file is as it
+        was when the checkpoint was kept, in this boot of the machine."""
         try:
-            tag = version_tag(data.stat())
+            tag = version_tag(os.stat(data))
         except OSError:
             return False
         return self.offset <= held and self.held == tag \

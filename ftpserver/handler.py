@@ -9,23 +9,22 @@ becomes an error reply with its code; anything else is logged and sent as
 from __future__ import annotations
 
 import logging
+import os
 import re
 import socketserver
 import ssl
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from .auth import ScramServer
-from .digest import HASHES, HEX_LENGTH, Checkpoint
-from .errors import (AuthFailed, ChecksumError, ConnectionLost, FramingError, FTPError, Forbidden,
-                     InternalError, IsADirectory, NotADirectory, ProtocolError, QuotaExceeded,
-                     UnknownCommand)
+from .digest import HASHES, HEX_LENGTH, Checkpoint, version_tag
+from .errors import (AuthFailed, ChecksumError, ConnectionLost, FramingError, FTPError,
+                     InternalError, NotFound, ProtocolError, QuotaExceeded, UnknownCommand)
 from .protocol import (bool_field, encode_frame, error_reply, int_field, ok_reply, printable,
                        read_frame, text_field)
-from .storage import Storage
+from .session import Upload
 from .transfer import FileHasher, receive_body, receiving_digest, send_body
-from .uploads import PartialUpload, Writeback, size_of
+from .uploads import Writeback
 
 if TYPE_CHECKING:
     from .server import FTPServer
@@ -70,10 +69,6 @@ def _digest_field(header: dict[str, Any], name: str, required: bool = True) -> s
     return value.lower()
 
 
-def _mib(size: int) -> str:
-    return f"{size / 1048576:.1f} MiB"
-
-
 class FTPHandler(socketserver.StreamRequestHandler):
     """Serve one connection: any number of requests, one after another."""
 
@@ -86,11 +81,7 @@ class FTPHandler(socketserver.StreamRequestHandler):
         self.tls_ok = True
         if isinstance(self.connection, ssl.SSLSocket):
             self._handshake()
-        self.cwd = "/"
-        self.user: str | None = None
-        self.readonly = False
-        self.quota: int | None = None
-        self.storage: Storage | None = self.server.anonymous_storage
+        self.session = self.server.anonymous_session()
         self._scram: ScramServer | None = None
         #: True while a request's body may be in flight: an error then ends the connection.
         self.mid_body = False
@@ -193,26 +184,17 @@ class FTPHandler(socketserver.StreamRequestHandler):
         except OSError:
             pass
 
-    # -- helpers ------------------------------------------------------------
-
-    def _session_storage(self) -> Storage:
-        if self.storage is None:
-            raise AuthFailed("this server has no anonymous access: log in with -u USER")
-        return self.storage
-
-    def _writable(self) -> Storage:
-        storage = self._session_storage()
-        if self.readonly:
-            raise Forbidden("this account is read-only")
-        return storage
+    @property
+    def user(self) -> str | None:
+        """The logged-in user, None for an anonymous session."""
+        return self.session.user
 
     # -- commands -----------------------------------------------------------
 
     def do_ls(self, header: dict[str, Any]) -> dict[str, Any]:
         """List a folder: entries come in batches, ``more`` is true on all but the last."""
-        storage = self._session_storage()
-        vpath = storage.virtual(self.cwd, text_field(header, "path", ""))
-        entries = [entry.to_json() for entry in storage.listdir(vpath)]
+        vpath, listing = self.session.ls(text_field(header, "path", ""))
+        entries = [entry.to_json() for entry in listing]
         batches = [entries[i:i + LS_BATCH] for i in range(0, len(entries), LS_BATCH)] or [[]]
         for batch in batches[:-1]:
             self.send(ok_reply(path=vpath, entries=batch, more=True))
@@ -220,30 +202,32 @@ class FTPHandler(socketserver.StreamRequestHandler):
 
     def do_stat(self, header: dict[str, Any]) -> dict[str, Any]:
         """Describe one file or folder; with ``md5`` (or ``sha256``) true, a file's hash too."""
-        storage = self._session_storage()
-        vpath = storage.virtual(self.cwd, text_field(header, "path"))
-        entry = storage.stat(vpath)
+        vpath, entry = self.session.stat(text_field(header, "path"))
         reply = ok_reply(path=vpath, entry=entry.to_json())
-        for name in HASHES:
-            if bool_field(header, name) and entry.type == "file":
-                reply[name] = self.server.file_digest(storage.real(vpath), name)
+        wanted = [name for name in HASHES if bool_field(header, name)]
+        if wanted and entry.type == "file":
+            with self.session.open_read(vpath)[1] as file:
+                for name in wanted:
+                    reply[name] = self.server.file_digest(file, name)
         return reply
 
     def do_get(self, header: dict[str, Any]) -> None:
         """Send a file from ``offset``: reply header, the raw bytes, then a trailer with
         the hash (md5 unless ``hash`` names another) of the whole file."""
-        storage = self._session_storage()
-        vpath = storage.virtual(self.cwd, text_field(header, "filename"))
+        name = text_field(header, "filename")
         offset = int_field(header, "offset", 0)
         source = text_field(header, "source", None)
-        name = _hash_name(header)
-        with storage.open_read(vpath) as file:
-            size, tag = self.server.identify(file)
+        algorithm = _hash_name(header)
+        vpath, file = self.session.open_read(name)
+        with file:
+            before = os.fstat(file.fileno())
+            size, tag = before.st_size, version_tag(before)
             if offset > size or (offset and source != tag):
                 offset = 0  # the file changed since the partial was started: restart
-            digest = self.server.digests.get(file, name)
-            hasher = None if digest else FileHasher(file, size, hash=name)
-            self.send(ok_reply(filename=vpath, filesize=size, offset=offset, source=tag, hash=name))
+            digest = self.server.digests.get(before, algorithm)
+            hasher = None if digest else FileHasher(file, size, hash=algorithm)
+            self.send(ok_reply(filename=vpath, filesize=size, offset=offset, source=tag,
+                               hash=algorithm))
             self.mid_body = True  # from here an error can only end the connection
             try:
                 send_body(self.connection, file, offset, size - offset)
@@ -252,10 +236,10 @@ class FTPHandler(socketserver.StreamRequestHandler):
                     hasher.cancel()
                 raise
             if hasher:
-                digest = self.server.digests.put(file, hasher.result(), name)
+                digest = self.server.digests.put_unchanged(file, before, hasher.result(), algorithm)
         self.mid_body = False
         self.subject, self.moved = vpath, size - offset
-        self.send(ok_reply(**{name: digest}))
+        self.send(ok_reply(**{algorithm: digest}))
 
     def do_put(self, header: dict[str, Any]) -> dict[str, Any]:
         """Receive a file into a partial, verify its hash (md5 unless ``hash`` names
@@ -264,7 +248,7 @@ class FTPHandler(socketserver.StreamRequestHandler):
         Without ``resume`` this is the tutorial's one-shot put: the body follows
         the header at once, so an error found first ends the connection.
         """
-        resumable = header.get("resume") is True
+        resumable = bool_field(header, "resume")
         self.mid_body = not resumable
         name = text_field(header, "filename")
         size = int_field(header, "filesize")
@@ -277,22 +261,14 @@ class FTPHandler(socketserver.StreamRequestHandler):
         if source is not None and len(source) > MAX_SOURCE:
             raise ProtocolError(f"field 'source' is over {MAX_SOURCE} characters")
         restart = bool_field(header, "restart")
-        storage = self._writable()
-        vpath, final = storage.resolve(self.cwd, name)
-        if final.is_dir():
-            raise IsADirectory(f"{vpath} is a folder")
-        upload = PartialUpload(*storage.partial_paths(vpath))
-        with self.server.claim(upload.path, vpath, source if resumable else None, self.connection):
-            if self.quota is not None:
-                self.server.reserve(upload.path, size, storage.root,
-                                    lambda pending: self._check_quota(storage, size + pending, upload, final))
-            offset, checkpoint = upload.prepare(size, source if resumable else None, restart)
+        with self.session.upload(name, size, source if resumable else None, restart,
+                                 self.connection) as upload:
+            vpath, offset = upload.vpath, upload.offset
             if resumable:
                 self.send(ok_reply(filename=vpath, offset=offset, hash=algorithm))
                 self.mid_body = True
             try:
-                digest, reached = self._receive(upload, size, offset, checkpoint, resumable,
-                                                algorithm)
+                digest, reached = self._receive(upload, algorithm, resumable)
             except BaseException:
                 if not resumable:
                     upload.discard()  # a one-shot put has no source tag to resume by
@@ -308,42 +284,41 @@ class FTPHandler(socketserver.StreamRequestHandler):
                 upload.discard()
                 raise ChecksumError(f"checksum mismatch for {vpath}: received {algorithm} {digest}, "
                                     f"the client's is {declared}")
-            upload.commit(final, sync=self.server.sync_uploads)
-            self.server.digests.put(final, digest, algorithm)  # the first get needs no re-hash
+            try:
+                info = upload.commit(sync=self.server.sync_uploads)
+            except NotFound:  # its folder moved: the partial stays there, resumable
+                upload.save_checkpoint(reached)
+                raise
+            except QuotaExceeded:  # it can never fit: keep nothing
+                upload.discard()
+                raise
+            self.server.digests.put(info, digest, algorithm)  # the first get needs no re-hash
         self.subject, self.moved = vpath, size - offset
         return ok_reply(filename=vpath, filesize=size, **{algorithm: digest})
 
-    def _receive(self, upload: PartialUpload, size: int, offset: int, checkpoint: Checkpoint | None,
-                 resumable: bool, name: str) -> tuple[str, Checkpoint | None]:
+    def _receive(self, upload: Upload, name: str, resumable: bool) -> tuple[str, Checkpoint | None]:
         """Append the body to the partial; return the hash ``name`` of the whole file
         and its state (None where it cannot be saved).
 
         If the body is cut, a resumable partial keeps the state of the hash of the
         bytes it holds, so the next attempt need not hash them again.
         """
-        digest = receiving_digest(upload.path, size, offset, checkpoint,
-                                  self.server.config.buffer_size, name)
-        try:
-            with open(upload.path, "r+b", buffering=0) as file:
+        size, offset = upload.size, upload.offset
+        with upload.file() as file:
+            digest = receiving_digest(file, size, offset, upload.checkpoint,
+                                      self.server.config.buffer_size, name)
+            try:
                 file.seek(offset)
                 writeback = Writeback(file.fileno(), offset) if self.server.sync_uploads \
                     and size - offset > Writeback.EVERY else None
                 receive_body(self.rfile, file, size - offset, self.server.config.buffer_size,
                              digest, writeback)
-        except BaseException:
-            digest.cancel()
-            if resumable:
-                upload.save_checkpoint(digest.checkpoint())
-            raise
-        return digest.result(), digest.checkpoint()
-
-    def _check_quota(self, storage: Storage, size: int, upload: PartialUpload, final: Path) -> None:
-        """Refuse a put of ``size`` bytes over quota (the file it replaces not counted)."""
-        assert self.quota is not None
-        used = storage.usage() - size_of(upload.path) - size_of(final)
-        if used + size > self.quota:
-            raise QuotaExceeded(f"quota exceeded: {_mib(used)} of {_mib(self.quota)} used, "
-                                f"the file needs {_mib(size)}")
+            except BaseException:
+                digest.cancel()
+                if resumable:
+                    upload.save_checkpoint(digest.checkpoint())
+                raise
+            return digest.result(), digest.checkpoint()
 
     def do_login(self, header: dict[str, Any]) -> dict[str, Any]:
         """One step of a SCRAM-SHA-256 login: client-first, then client-final."""
@@ -365,44 +340,28 @@ class FTPHandler(socketserver.StreamRequestHandler):
             log.warning("%s: failed login as %r", address, scram.user)
             raise AuthFailed(f"login failed for user {scram.user!r}") from None
         self.server.throttle.succeeded(address)
-        account = self.server.accounts[scram.user]  # type: ignore[index]
-        self.user, self.storage, self.cwd = account.user.name, account.storage, "/"
-        self.readonly, self.quota = account.user.readonly, account.user.quota
+        self.session = self.server.user_session(scram.user)  # type: ignore[arg-type]
         log.info("%s: logged in as %s", address, self.user)
         return ok_reply(message=signature, user=self.user)
 
     def do_pwd(self, header: dict[str, Any]) -> dict[str, Any]:
         """Return the session's current folder."""
-        self._session_storage()
-        return ok_reply(path=self.cwd)
+        self.session.files()
+        return ok_reply(path=self.session.cwd)
 
     def do_cd(self, header: dict[str, Any]) -> dict[str, Any]:
         """Change the session's current folder."""
-        storage = self._session_storage()
-        vpath = storage.virtual(self.cwd, text_field(header, "path", "/"))
-        if storage.stat(vpath).type != "dir":
-            raise NotADirectory(f"{vpath} is not a folder")
-        self.cwd = vpath
-        return ok_reply(path=vpath)
+        return ok_reply(path=self.session.cd(text_field(header, "path", "/")))
 
     def do_mkdir(self, header: dict[str, Any]) -> dict[str, Any]:
         """Create one folder (its parent must exist)."""
-        storage = self._writable()
-        vpath = storage.virtual(self.cwd, text_field(header, "path"))
-        storage.mkdir(vpath)
-        return ok_reply(path=vpath)
+        return ok_reply(path=self.session.mkdir(text_field(header, "path")))
 
     def do_rm(self, header: dict[str, Any]) -> dict[str, Any]:
         """Remove a file or an empty folder."""
-        storage = self._writable()
-        vpath = storage.virtual(self.cwd, text_field(header, "path"))
-        storage.remove(vpath)
-        return ok_reply(path=vpath)
+        return ok_reply(path=self.session.rm(text_field(header, "path")))
 
     def do_mv(self, header: dict[str, Any]) -> dict[str, Any]:
         """Rename a file or folder within the root."""
-        storage = self._writable()
-        source = storage.virtual(self.cwd, text_field(header, "path"))
-        target = storage.virtual(self.cwd, text_field(header, "to"))
-        storage.rename(source, target)
+        source, target = self.session.mv(text_field(header, "path"), text_field(header, "to"))
         return ok_reply(path=source, to=target)

@@ -16,17 +16,18 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator
+from typing import BinaryIO
 
 from .auth import LoginThrottle, StoredKeys, parse_stored
 from .config import Config, User
-from .digest import version_tag
 from .errors import Busy, ConfigError
 from .handler import FTPHandler
 from .protocol import encode_frame, error_reply
+from .quota import StateFolder
+from .session import Session
 from .storage import Storage
 from .transfer import FileHasher
-from .uploads import size_of, sweep_partials
+from .uploads import Claims, sweep_partials
 
 __all__ = ["FTPServer", "DigestCache", "Account"]
 
@@ -39,6 +40,8 @@ class DigestCache:
 
     The change time (ctime) moves on every write and cannot be set back, so a file
     rewritten in place with its mtime restored is not mistaken for the old one.
+    Keys come from the file itself (``fstat`` of the descriptor that was hashed),
+    never from a name that another request may have pointed elsewhere meanwhile.
     """
 
     def __init__(self, capacity: int = 4096) -> None:
@@ -47,18 +50,17 @@ class DigestCache:
         self._lock = threading.Lock()
 
     @staticmethod
-    def _key(file: BinaryIO | Path, name: str) -> tuple[object, ...]:
-        st = os.stat(file) if isinstance(file, Path) else os.fstat(file.fileno())
-        return name, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+    def _key(info: os.stat_result, name: str) -> tuple[object, ...]:
+        return name, info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns
 
-    def get(self, file: BinaryIO, name: str = "md5") -> str | None:
-        """Return the remembered hash ``name`` of an open file, or None."""
+    def get(self, info: os.stat_result, name: str = "md5") -> str | None:
+        """Return the remembered hash ``name`` of the file ``info`` describes, or None."""
         with self._lock:
-            return self._entries.get(self._key(file, name))
+            return self._entries.get(self._key(info, name))
 
-    def put(self, file: BinaryIO | Path, digest: str, name: str = "md5") -> str:
-        """Remember the hash ``name`` of an open file (or a path) and return it."""
-        key = self._key(file, name)
+    def put(self, info: os.stat_result, digest: str, name: str = "md5") -> str:
+        """Remember ``digest`` as the hash ``name`` of the file ``info`` describes; return it."""
+        key = self._key(info, name)
         with self._lock:
             self._entries[key] = digest
             self._entries.move_to_end(key)
@@ -66,14 +68,13 @@ class DigestCache:
                 self._entries.popitem(last=False)
         return digest
 
-
-@dataclass
-class _Claim:
-    """A partial upload being written: by whom, and the bytes its quota check reserved."""
-
-    source: str | None
-    connection: socket.socket | None
-    reserved: int = 0
+    def put_unchanged(self, file: BinaryIO, before: os.stat_result, digest: str,
+                      name: str = "md5") -> str:
+        """Remember ``digest`` of an open file hashed since ``before`` was taken, only if
+        the file did not change meanwhile; return it."""
+        if self._key(os.fstat(file.fileno()), name) == self._key(before, name):
+            self.put(before, digest, name)
+        return digest
 
 
 @dataclass(frozen=True)
@@ -125,16 +126,22 @@ class FTPServer(socketserver.ThreadingTCPServer):
             # Another account's root nested inside this one stays out of this one's reach.
             return Storage(root, tuple(r for r in roots if r != root and r.is_relative_to(root)))
 
-        self.anonymous_storage = storage(config.root) if config.anonymous else None
         self.accounts = {name: Account(user, _parse_keys(user), storage(user.root))
                          for name, user in config.users.items()}
+        self.anonymous_storage = storage(config.root) if config.anonymous else None
+        quotas = {name: (account.user.quota, account.storage) for name, account in self.accounts.items()
+                  if account.user.quota is not None}
+        anonymous_quota = getattr(config, "anonymous_quota", None)
+        if self.anonymous_storage and anonymous_quota is not None:
+            quotas[None] = (anonymous_quota, self.anonymous_storage)
+        # The state folder exists only where there is state to keep: quota ledgers.
+        self.state = StateFolder(Storage(config.root).root) if quotas else None
+        self._ledgers = {name: self.state.ledger(name or "@anonymous", quota, storage)
+                         for name, (quota, storage) in quotas.items()} if self.state else {}
         self.login_secret = os.urandom(32)
         self.throttle = LoginThrottle()
         self.digests = DigestCache()
-        self._claims: dict[Path, _Claim] = {}
-        self._claims_lock = threading.Lock()
-        self._claims_changed = threading.Condition(self._claims_lock)
-        self._quota_lock = threading.Lock()
+        self.claims = Claims()
         self._connections = threading.BoundedSemaphore(config.max_connections)
         self._stopping = threading.Event()
         self.tls = _tls_context(config) if config.tls else None
@@ -179,72 +186,41 @@ class FTPServer(socketserver.ThreadingTCPServer):
         finally:
             self._stopping.set()
 
+    def server_close(self) -> None:
+        super().server_close()
+        if self.state:
+            self.state.close()
+
     # -- shared state for handlers --------------------------------------------
 
-    @contextlib.contextmanager
-    def claim(self, partial: Path, name: str, source: str | None = None,
-              connection: socket.socket | None = None) -> Iterator[None]:
-        """Hold ``partial`` for one writer.
+    def anonymous_session(self) -> Session:
+        """A new session before any login."""
+        return self._session(None, self.anonymous_storage, readonly=False)
 
-        A writer resuming the same source (the same client file) takes over from a
-        holder whose connection is dead but not yet noticed, e.g. right after a
-        Ctrl-C; anyone else gets Busy.
-        """
-        with self._claims_changed:
-            holder = self._claims.get(partial)
-            if holder is not None and source is not None and holder.source == source:
-                if holder.connection is not None:
-                    with contextlib.suppress(OSError):
-                        holder.connection.shutdown(socket.SHUT_RDWR)
-                self._claims_changed.wait_for(lambda: partial not in self._claims, timeout=10)
-            if partial in self._claims:
-                raise Busy(f"busy: {name} is being uploaded by another client")
-            self._claims[partial] = _Claim(source, connection)
-        try:
-            yield
-        finally:
-            with self._claims_changed:
-                del self._claims[partial]
-                self._claims_changed.notify_all()
+    def user_session(self, name: str) -> Session:
+        """A new session of user ``name`` (who has just logged in)."""
+        account = self.accounts[name]
+        return self._session(name, account.storage, account.user.readonly)
 
-    def reserve(self, partial: Path, size: int, root: Path, check: Callable[[int], None]) -> None:
-        """Reserve ``size`` bytes for a claimed upload once ``check`` accepts.
+    def _session(self, user: str | None, storage: Storage | None, readonly: bool) -> Session:
+        return Session(storage, user, readonly=readonly, ledger=self._ledgers.get(user),
+                       partial_limit=getattr(self.config, "session_partial_limit", None),
+                       claims=self.claims)
 
-        ``check(pending)`` gets the bytes other uploads under ``root`` have reserved
-        but not yet written, and raises to refuse; checks run one at a time, so two
-        uploads cannot both fit a quota that holds only one.
-        """
-        with self._quota_lock:
-            with self._claims_lock:
-                others = [(p, c.reserved) for p, c in self._claims.items()
-                          if p != partial and p.is_relative_to(root)]
-            check(sum(max(n - size_of(p), 0) for p, n in others))
-            with self._claims_lock:
-                self._claims[partial].reserved = size
-
-    @staticmethod
-    def identify(file: BinaryIO) -> tuple[int, str]:
-        """Return an open file's size and a tag that changes whenever the file does."""
-        st = os.fstat(file.fileno())
-        return st.st_size, version_tag(st)
-
-    def file_digest(self, path: Path, name: str = "md5") -> str:
-        """Return the hash ``name`` of a file, from the cache when it has not changed."""
-        with open(path, "rb") as file:
-            digest = self.digests.get(file, name)
-            if digest is None:
-                size = os.fstat(file.fileno()).st_size
-                digest = self.digests.put(file, FileHasher(file, size, hash=name).result(), name)
+    def file_digest(self, file: BinaryIO, name: str = "md5") -> str:
+        """Return the hash ``name`` of an open file, from the cache when it has not changed."""
+        before = os.fstat(file.fileno())
+        digest = self.digests.get(before, name)
+        if digest is None:
+            digest = FileHasher(file, before.st_size, hash=name).result()
+            self.digests.put_unchanged(file, before, digest, name)
         return digest
 
     def sweep(self) -> int:
         """Remove abandoned partial uploads under every root; return how many."""
         roots = [self.anonymous_storage] if self.anonymous_storage else []
         roots += [account.storage for account in self.accounts.values()]
-        with self._claims_lock:
-            in_use = set(self._claims)
-        return sum(sweep_partials(storage.iter_partials(), self.config.partial_ttl, in_use)
-                   for storage in roots)
+        return sum(sweep_partials(storage, self.config.partial_ttl) for storage in roots)
 
     def _sweep_loop(self) -> None:
         interval = min(self.sweep_interval, max(self.config.partial_ttl / 10, 1.0))

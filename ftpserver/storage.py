@@ -1,31 +1,45 @@
-"""Confinement: the one place where a client path becomes a real path.
+"""Confinement: the one place where a client path becomes a real file.
 
 A client names things by virtual paths: ``/``-separated, absolute from the
 session's root (``/``) or relative to its current folder.  :class:`Storage`
-normalises them (:meth:`Storage.virtual`), maps them below its real root while
-resolving symlinks (:meth:`Storage.real`) and refuses anything that would leave
-the root, never clamping it.  Handlers hand only the results to ``os``.
+normalises them (:meth:`Storage.virtual`) and resolves them component by
+component from a descriptor of its root, never letting the kernel follow a link
+by name: each folder is opened relative to the one before with
+``O_NOFOLLOW | O_DIRECTORY``, a link is read (``readlinkat``) and its target
+resolved against the folders already held, and every action (open, stat, mkdir,
+unlink, rename) names its target relative to a held folder.  A folder swapped
+for a link by a local user, between two requests or in the middle of one, can
+therefore never lead outside the root; anything that would is refused, never
+clamped.
 """
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
+import functools
 import os
 import stat as st
+import sys
+import time
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Callable, Iterator
 
 from .protocol import META_SUFFIX, PARTIAL_SUFFIX
 from .errors import (Exists, Forbidden, FTPError, IsADirectory, NotADirectory,
                      NotEmpty, NotFound, PathError, ProtocolError)
 
-__all__ = ["PARTIAL_SUFFIX", "META_SUFFIX", "MAX_NAME_BYTES", "MAX_PATH_BYTES",
-           "is_reserved", "Entry", "Storage"]
+__all__ = ["PARTIAL_SUFFIX", "META_SUFFIX", "STATE_FOLDER", "MAX_NAME_BYTES", "MAX_PATH_BYTES",
+           "is_reserved", "Entry", "Place", "Storage"]
 
 MAX_NAME_BYTES = 255
 MAX_PATH_BYTES = 4096
+#: Links followed while resolving one path, as the kernel's own limit.
+MAX_LINKS = 40
+#: The server's own folder at the top of the anonymous root (usage ledgers, locks).
+STATE_FOLDER = ".ftp-state"
 
 _ERRNO_ERRORS: dict[int, type[FTPError]] = {
     errno.ENOENT: NotFound, errno.EEXIST: Exists, errno.ENOTEMPTY: NotEmpty,
@@ -33,13 +47,22 @@ _ERRNO_ERRORS: dict[int, type[FTPError]] = {
     errno.EACCES: Forbidden, errno.EPERM: Forbidden,
     errno.ENAMETOOLONG: PathError, errno.ELOOP: PathError,
 }
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
+#: Opening a folder found in a held folder: a link swapped in meanwhile fails (ELOOP/ENOTDIR).
+_FOLDER_FLAGS = os.O_RDONLY | _DIRECTORY | _NOFOLLOW | _CLOEXEC
+_RESERVED_SUFFIXES = (PARTIAL_SUFFIX, META_SUFFIX)
+#: Seconds the identities of other accounts' roots are trusted before they are looked up again.
+_EXCLUDED_TTL = 2.0
 
 
 def is_reserved(name: str) -> bool:
-    """Return True if ``name`` is a partial upload or its metadata, never a client's to name."""
-    return name.endswith((PARTIAL_SUFFIX, META_SUFFIX))
+    """Return True if ``name`` is the server's own (a partial upload, its metadata, the state
+    folder): never a client's to name.  Case does not matter, for case-insensitive file systems."""
+    folded = name.casefold()
+    return folded.endswith(_RESERVED_SUFFIXES) or folded == STATE_FOLDER
 
 
 @contextlib.contextmanager
@@ -89,6 +112,10 @@ def _split(vpath: str) -> tuple[str, str]:
     return parent or "/", name
 
 
+def _identity(info: os.stat_result) -> tuple[int, int]:
+    return info.st_dev, info.st_ino
+
+
 @dataclass(frozen=True)
 class Entry:
     """One file or folder as a client sees it."""
@@ -111,6 +138,80 @@ class Entry:
         return {"name": self.name, "type": self.type, "size": self.size, "mtime": self.mtime}
 
 
+class Place:
+    """A name inside an open folder of the root: where an action lands.
+
+    Owns ``dir_fd`` (close it, or use the place as a context manager).  ``name``
+    is the name on disk, which may differ from the client's in Unicode form;
+    ``"."`` stands for the folder itself (the root, or a link's target folder).
+    """
+
+    def __init__(self, dir_fd: int, name: str, vpath: str) -> None:
+        self.dir_fd, self.name, self.vpath = dir_fd, name, vpath
+
+    def lstat(self) -> os.stat_result | None:
+        """The entry at the name itself (a link is not followed), or None if there is none."""
+        try:
+            return os.stat(self.name, dir_fd=self.dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+
+    def folder_identity(self) -> tuple[int, int]:
+        """Device and inode of the folder holding the name."""
+        return _identity(os.fstat(self.dir_fd))
+
+    def close(self) -> None:
+        if self.dir_fd >= 0:
+            os.close(self.dir_fd)
+            self.dir_fd = -1
+
+    def __enter__(self) -> Place:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+@functools.cache
+def _renameat2() -> Callable[..., int] | None:
+    """libc's renameat2 (Linux), which can refuse to replace an existing name; None elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        function = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    function.restype = ctypes.c_int
+    return function
+
+
+_RENAME_NOREPLACE = 1
+
+
+def _rename_noreplace(src_dir: int, src: str, dst_dir: int, dst: str) -> None:
+    """Rename without ever replacing ``dst`` (atomically where the kernel and the file
+    system can).  Raises OSError: EEXIST if ``dst`` exists, EINVAL for a folder into itself."""
+    function = _renameat2()
+    if function is not None:
+        if function(src_dir, os.fsencode(src), dst_dir, os.fsencode(dst), _RENAME_NOREPLACE) == 0:
+            return
+        code = ctypes.get_errno()
+        if code not in (errno.ENOSYS, errno.EINVAL):  # EINVAL: no such flag here, or into itself
+            raise OSError(code, os.strerror(code))
+    if _exists(dst_dir, dst):
+        raise OSError(errno.EEXIST, os.strerror(errno.EEXIST))
+    os.rename(src, dst, src_dir_fd=src_dir, dst_dir_fd=dst_dir)
+
+
+def _exists(dir_fd: int, name: str) -> bool:
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
+
+
 class Storage:
     """A real folder served as the virtual root ``/``."""
 
@@ -118,11 +219,13 @@ class Storage:
         """Serve ``root``, creating it (and its parents) if missing.
 
         ``excluded`` folders inside the root (other accounts' roots) are treated
-        as outside it: never listed, read or written.
+        as absent: never listed, read or written.
         """
         Path(root).mkdir(parents=True, exist_ok=True)
         self.root = Path(os.path.realpath(root))
         self.excluded = tuple(Path(os.path.realpath(path)) for path in excluded)
+        self._excluded_ids: frozenset[tuple[int, int]] = frozenset()
+        self._excluded_at = float("-inf")
 
     # -- paths ---------------------------------------------------------------
 
@@ -145,40 +248,130 @@ class Storage:
         return vpath
 
     def real(self, vpath: str) -> Path:
-        """Return the real path of ``vpath`` with symlinks resolved; it need not exist.
-
-        Raises PathError if it leads outside the root or onto a reserved name.
-        """
+        """Return the real path ``vpath`` names now, for messages and tests (actions go
+        through :meth:`place`, never through this path).  Raises like :meth:`place`."""
         vpath = self.virtual("/", vpath)
-        return self._confined(self.root.joinpath(*vpath.split("/")[1:]), vpath)
+        try:
+            with self.place(vpath) as place:
+                folder = _fd_path(place.dir_fd)
+                if folder is not None:
+                    return folder if place.name == "." else folder / place.name
+        except (NotFound, NotADirectory):
+            pass
+        return self.root.joinpath(*vpath.split("/")[1:])
 
     def resolve(self, cwd: str, path: str) -> tuple[str, Path]:
         """Return ``(virtual(cwd, path), real(...))``."""
         vpath = self.virtual(cwd, path)
         return vpath, self.real(vpath)
 
-    def _confined(self, path: Path, vpath: str) -> Path:
-        resolved = Path(os.path.realpath(path))
-        if not resolved.is_relative_to(self.root) or any(
-                resolved.is_relative_to(folder) for folder in self.excluded):
-            raise PathError(f"path outside the root: {vpath}")
-        # A link inside the root must not reach a partial upload either.
-        if any(is_reserved(name) for name in resolved.relative_to(self.root).parts):
-            raise PathError(f"reserved name: {vpath}")
-        return resolved
+    def place(self, vpath: str, follow: bool = True) -> Place:
+        """Resolve ``vpath`` to its folder, held open, and the name in it (which need not exist).
 
-    def _link(self, vpath: str) -> tuple[str, Path]:
-        """Return ``vpath`` normalised and its real path without following its last component.
-
-        mkdir, remove and rename act on a link itself, not on its target, but
-        still refuse a link that leads outside the root.  Raises PathError for ``/``.
+        With ``follow``, a link at the last component is followed too (its target
+        must lie in the root); without, the place is the link itself.  Raises
+        PathError for a path that leads outside the root or onto a reserved name,
+        NotFound / NotADirectory for a missing or non-folder parent, NotFound for
+        another account's root.
         """
         vpath = self.virtual("/", vpath)
-        if vpath == "/":
-            raise PathError("the root itself cannot be changed")
-        self.real(vpath)
-        parent, name = _split(vpath)
-        return vpath, self.real(parent) / name
+        names = [name for name in vpath.split("/") if name]
+        with _os_errors(vpath):
+            return self._resolve(names, vpath, follow)
+
+    def _resolve(self, names: list[str], vpath: str, follow: bool) -> Place:
+        stack = [os.open(self.root, _FOLDER_FLAGS & ~_NOFOLLOW)]
+        todo = names[::-1]
+        links = 0
+        try:
+            while todo:
+                name = todo.pop()
+                if name in ("", "."):
+                    continue
+                if name == "..":
+                    if len(stack) == 1:
+                        raise PathError(f"path outside the root: {vpath}")
+                    os.close(stack.pop())
+                    continue
+                if is_reserved(name):  # also where a link leads
+                    raise PathError(f"reserved name: {vpath}")
+                last = not todo
+                name, info = self._lookup(stack[-1], name)
+                if info is not None and st.S_ISLNK(info.st_mode) and (follow or not last):
+                    links += 1
+                    if links > MAX_LINKS:
+                        raise PathError(f"too many links: {vpath}")
+                    target = os.readlink(name, dir_fd=stack[-1])
+                    if target.startswith("/"):
+                        todo.extend(reversed(self._inside(target, vpath)))
+                        while len(stack) > 1:
+                            os.close(stack.pop())
+                    else:
+                        todo.extend(reversed(target.split("/")))
+                    continue
+                if last:
+                    if info is not None and st.S_ISDIR(info.st_mode):
+                        self._check_not_excluded(info, vpath)
+                    return Place(stack.pop(), name, vpath)
+                if info is None:
+                    raise NotFound(f"{NotFound().message}: {vpath}")
+                if not st.S_ISDIR(info.st_mode):
+                    raise NotADirectory(f"{NotADirectory().message}: {vpath}")
+                stack.append(os.open(name, _FOLDER_FLAGS, dir_fd=stack[-1]))
+                self._check_not_excluded(os.fstat(stack[-1]), vpath)
+            return Place(stack.pop(), ".", vpath)
+        finally:
+            for fd in stack:
+                os.close(fd)
+
+    @staticmethod
+    def _lookup(dir_fd: int, name: str) -> tuple[str, os.stat_result | None]:
+        """The name on disk for ``name`` in a folder, and its lstat (None if missing).
+
+        Requests are in Unicode NFC; a name stored decomposed (NFD, as macOS
+        writes them) is found under its composed form too.
+        """
+        try:
+            return name, os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            if name.isascii():
+                return name, None
+        decomposed = unicodedata.normalize("NFD", name)
+        if decomposed != name:
+            with contextlib.suppress(OSError):  # missing, or too long once decomposed
+                return decomposed, os.stat(decomposed, dir_fd=dir_fd, follow_symlinks=False)
+        return name, None
+
+    def _inside(self, target: str, vpath: str) -> list[str]:
+        """The components of an absolute link target below the root.  Raises PathError."""
+        root = str(self.root)
+        if target != root and not target.startswith(root.rstrip("/") + "/"):
+            raise PathError(f"path outside the root: {vpath}")
+        return target[len(root):].split("/")
+
+    def _check_not_excluded(self, info: os.stat_result, vpath: str) -> None:
+        """Another account's root is not there for this one (NotFound, as for a missing name)."""
+        if self.excluded and _identity(info) in self._excluded_identities():
+            raise NotFound(f"{NotFound().message}: {vpath}")
+
+    def _excluded_identities(self) -> frozenset[tuple[int, int]]:
+        now = time.monotonic()
+        if now - self._excluded_at > _EXCLUDED_TTL:
+            found = set()
+            for folder in self.excluded:
+                with contextlib.suppress(OSError):
+                    found.add(_identity(os.stat(folder)))
+            self._excluded_ids, self._excluded_at = frozenset(found), now
+        return self._excluded_ids
+
+    def same_folder(self, vpath: str, identity: tuple[int, int]) -> bool:
+        """Whether ``vpath``'s folder is still the folder ``identity`` (device, inode)."""
+        try:
+            with self.place(vpath) as place:
+                info = os.fstat(place.dir_fd) if place.name == "." else place.lstat()
+        except (FTPError, OSError):
+            return False
+        return info is not None and _identity(info) == identity
 
     # -- reading -------------------------------------------------------------
 
@@ -187,13 +380,27 @@ class Storage:
 
         Raises NotFound if it is missing, Forbidden if it is neither a file nor a folder.
         """
-        vpath = self.virtual("/", vpath)
-        path = self.real(vpath)
-        with _os_errors(vpath):
-            entry = Entry.from_stat(_split(vpath)[1] or "/", os.stat(path))
+        with self.place(vpath) as place:
+            info = place.lstat()
+        if info is None:
+            raise NotFound(f"{NotFound().message}: {place.vpath}")
+        entry = Entry.from_stat(_split(place.vpath)[1] or "/", info)
         if entry is None:
-            raise Forbidden(f"not a file or folder: {vpath}")
+            raise Forbidden(f"not a file or folder: {place.vpath}")
         return entry
+
+    def open_folder(self, vpath: str) -> int:
+        """Return a descriptor of folder ``vpath`` (the caller closes it).
+
+        Raises NotFound, NotADirectory.
+        """
+        with self.place(vpath) as place, _os_errors(place.vpath):
+            try:
+                return os.open(place.name, _FOLDER_FLAGS, dir_fd=place.dir_fd)
+            except OSError as error:
+                if error.errno == errno.ELOOP:  # a link swapped in since it was resolved
+                    raise NotADirectory(f"{NotADirectory().message}: {place.vpath}") from None
+                raise
 
     def listdir(self, vpath: str) -> list[Entry]:
         """Return the entries of folder ``vpath`` sorted by name.
@@ -202,139 +409,223 @@ class Storage:
         that lead outside the root or nowhere, and special files.
         Raises NotFound or NotADirectory.
         """
-        path = self.real(vpath)
-        with _os_errors(vpath), os.scandir(path) as it:
-            names = sorted(entry.name for entry in it)
-        entries = []
-        for name in names:
-            try:
-                _check_name(name)
-                entry = Entry.from_stat(name, os.stat(self._confined(path / name, name)))
-            except (PathError, OSError):
-                continue
-            if entry is not None:
-                entries.append(entry)
-        return entries
+        vpath = self.virtual("/", vpath)
+        fd = self.open_folder(vpath)
+        try:
+            with os.scandir(fd) as it:
+                names = sorted(entry.name for entry in it)
+            entries = []
+            for name in names:
+                try:
+                    _check_name(name)
+                    info = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                    if st.S_ISLNK(info.st_mode):
+                        info = self._follow(vpath, name)
+                    elif st.S_ISDIR(info.st_mode):
+                        self._check_not_excluded(info, vpath)
+                except (FTPError, OSError):
+                    continue
+                entry = Entry.from_stat(name, info)
+                if entry is not None:
+                    entries.append(entry)
+            return entries
+        finally:
+            os.close(fd)
+
+    def _follow(self, folder: str, name: str) -> os.stat_result:
+        """The stat of what link ``name`` in ``folder`` leads to, inside the root."""
+        with self.place(folder.rstrip("/") + "/" + name) as place, _os_errors(place.vpath):
+            info = place.lstat()
+        if info is None:
+            raise NotFound(f"dangling link: {name}")
+        return info
 
     def open_read(self, vpath: str) -> BinaryIO:
         """Return ``vpath`` opened for binary reading.
 
         Raises NotFound, IsADirectory, or Forbidden for anything but a regular file.
         """
-        path = self.real(vpath)
-        # O_NONBLOCK: a FIFO must not hang the handler; O_NOFOLLOW: no link swapped in since.
-        with _os_errors(vpath):
-            fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _NONBLOCK)
+        with self.place(vpath) as place, _os_errors(place.vpath):
+            # O_NONBLOCK: a FIFO must not hang the handler; O_NOFOLLOW: no link swapped in since.
+            fd = os.open(place.name, os.O_RDONLY | _NOFOLLOW | _NONBLOCK | _CLOEXEC,
+                         dir_fd=place.dir_fd)
         try:
             mode = os.fstat(fd).st_mode
             if st.S_ISDIR(mode):
-                raise IsADirectory(f"is a folder: {vpath}")
+                raise IsADirectory(f"is a folder: {place.vpath}")
             if not st.S_ISREG(mode):
-                raise Forbidden(f"not a regular file: {vpath}")
+                raise Forbidden(f"not a regular file: {place.vpath}")
             return os.fdopen(fd, "rb")
         except BaseException:
             os.close(fd)
             raise
 
-    def partial_paths(self, vpath: str) -> tuple[Path, Path]:
-        """Return the real paths of the partial upload of ``vpath`` and of its metadata.
+    def upload_place(self, vpath: str) -> Place:
+        """The place a put of ``vpath`` writes: its folder held open and the final name.
 
-        Both lie beside ``real(vpath)`` as ``.NAME.ftp-partial`` and
-        ``.NAME.ftp-partial.json``.  Raises PathError for ``/`` or a name too long
-        to carry the suffix, NotFound / NotADirectory for a bad parent folder,
-        IsADirectory if ``vpath`` is a folder.
+        Raises PathError for ``/`` or a name too long to carry the partial's
+        suffix, NotFound / NotADirectory for a bad parent folder, IsADirectory if
+        ``vpath`` is a folder.
         """
         vpath = self.virtual("/", vpath)
         if vpath == "/":
             raise PathError("the root is not a file")
-        target = self.real(vpath)
-        with _os_errors(_split(vpath)[0]):
-            if not st.S_ISDIR(os.stat(target.parent).st_mode):
-                raise NotADirectory(f"not a folder: {_split(vpath)[0]}")
-        if target.is_dir():
-            raise IsADirectory(f"is a folder: {vpath}")
-        partial = target.with_name(f".{target.name}{PARTIAL_SUFFIX}")
-        meta = target.with_name(f".{target.name}{META_SUFFIX}")
-        if len(meta.name.encode("utf-8")) > MAX_NAME_BYTES:
+        if len(f".{_split(vpath)[1]}{META_SUFFIX}".encode("utf-8")) > MAX_NAME_BYTES:
             raise PathError(f"name too long for a partial upload: {vpath}")
-        return partial, meta
+        place = self.place(vpath, follow=False)
+        info = place.lstat()
+        if info is not None and st.S_ISLNK(info.st_mode):
+            # A link at the name: a put replaces what it leads to, inside the root only.
+            place.close()
+            place = self.place(vpath)
+            info = place.lstat()
+        if place.name == "." or info is not None and st.S_ISDIR(info.st_mode):
+            place.close()
+            raise IsADirectory(f"is a folder: {vpath}")
+        return place
 
     # -- changing ------------------------------------------------------------
 
+    def _change(self, vpath: str) -> Place:
+        """The place of ``vpath`` itself (a link, not its target), to create, remove or move.
+
+        A link is still refused if it leads outside the root.  Raises PathError for ``/``.
+        """
+        vpath = self.virtual("/", vpath)
+        if vpath == "/":
+            raise PathError("the root itself cannot be changed")
+        place = self.place(vpath, follow=False)
+        info = place.lstat()
+        if info is not None and st.S_ISLNK(info.st_mode):
+            try:
+                self.place(vpath).close()
+            except BaseException:
+                place.close()
+                raise
+        return place
+
     def mkdir(self, vpath: str) -> None:
         """Create folder ``vpath``; its parent must exist.  Raises Exists or NotFound."""
-        vpath, path = self._link(vpath)
-        with _os_errors(vpath):
-            os.mkdir(path)
+        with self._change(vpath) as place, _os_errors(place.vpath):
+            os.mkdir(place.name, dir_fd=place.dir_fd)
 
-    def remove(self, vpath: str) -> None:
-        """Remove a file or an empty folder; partial uploads inside it go with it.
+    def remove(self, vpath: str, in_use: Callable[[int, str], bool] | None = None) -> tuple[int, int]:
+        """Remove a file or an empty folder; abandoned partial uploads inside it go with it.
 
-        Raises NotFound, NotEmpty, or PathError for ``/``.
+        ``in_use(dir_fd, meta_name)`` tells a partial upload still being written:
+        its folder is then busy (raises what ``in_use`` raises).  Returns the bytes
+        and folders freed.  Raises NotFound, NotEmpty, or PathError for ``/``.
         """
-        vpath, path = self._link(vpath)
-        with _os_errors(vpath):
-            if not st.S_ISDIR(os.lstat(path).st_mode):
-                os.unlink(path)
-                return
-            with os.scandir(path) as it:
-                children = list(it)
-            if not all(is_reserved(child.name) for child in children):
-                raise NotEmpty(f"{NotEmpty().message}: {vpath}")
-            for child in children:
-                if not child.is_dir(follow_symlinks=False):
-                    os.unlink(child.path)
-            os.rmdir(path)
+        with self._change(vpath) as place, _os_errors(place.vpath):
+            info = place.lstat()
+            if info is None:
+                raise NotFound(f"{NotFound().message}: {place.vpath}")
+            if not st.S_ISDIR(info.st_mode):
+                os.unlink(place.name, dir_fd=place.dir_fd)
+                return (info.st_size if st.S_ISREG(info.st_mode) else 0), 0
+            self._check_not_excluded(info, place.vpath)
+            fd = os.open(place.name, _FOLDER_FLAGS, dir_fd=place.dir_fd)
+            try:
+                freed = self._clear_partials(fd, place.vpath, in_use)
+            finally:
+                os.close(fd)
+            os.rmdir(place.name, dir_fd=place.dir_fd)
+            return freed, 1
+
+    @staticmethod
+    def _clear_partials(fd: int, vpath: str, in_use: Callable[[int, str], bool] | None) -> int:
+        """Remove the partial uploads of an otherwise empty folder; return their bytes."""
+        with os.scandir(fd) as it:
+            names = [entry.name for entry in it]
+        if not all(name.endswith(_RESERVED_SUFFIXES) for name in names):
+            raise NotEmpty(f"{NotEmpty().message}: {vpath}")
+        if in_use is not None:
+            for name in names:
+                if name.endswith(META_SUFFIX):
+                    in_use(fd, name)
+        freed = 0
+        for name in names:
+            with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+                info = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                os.unlink(name, dir_fd=fd)
+                freed += info.st_size if st.S_ISREG(info.st_mode) else 0
+        return freed
 
     def rename(self, src: str, dst: str) -> None:
         """Move ``src`` to ``dst`` inside the root, never over an existing entry.
 
         Raises NotFound, Exists, Forbidden for a folder into itself, PathError for ``/``.
         """
-        src, source = self._link(src)
-        dst, target = self._link(dst)
-        with _os_errors(src):
-            os.lstat(source)
-        if any(folder.is_relative_to(os.path.realpath(source)) for folder in self.excluded):
-            raise PathError(f"path outside the root: {src} holds another account's folder")
-        if os.path.lexists(target):
-            raise Exists(f"{Exists().message}: {dst}")
-        if target.is_relative_to(source):
-            raise Forbidden(f"cannot move a folder into itself: {src}")
-        with _os_errors(dst):
-            os.rename(source, target)
+        with self._change(src) as source, self._change(dst) as target, _os_errors(source.vpath):
+            info = source.lstat()
+            if info is None:
+                raise NotFound(f"{NotFound().message}: {source.vpath}")
+            if st.S_ISDIR(info.st_mode):
+                self._check_not_excluded(info, source.vpath)
+                self._check_holds_no_account(source)
+            if target.lstat() is not None:
+                raise Exists(f"{Exists().message}: {target.vpath}")
+            try:
+                _rename_noreplace(source.dir_fd, source.name, target.dir_fd, target.name)
+            except OSError as error:
+                if error.errno == errno.EINVAL:
+                    raise Forbidden(f"cannot move a folder into itself: {source.vpath}") from None
+                if error.errno == errno.EEXIST:
+                    raise Exists(f"{Exists().message}: {target.vpath}") from None
+                raise
+
+    def _check_holds_no_account(self, place: Place) -> None:
+        """Refuse to move a folder that holds another account's root."""
+        if not self.excluded:
+            return
+        fd = os.open(place.name, _FOLDER_FLAGS, dir_fd=place.dir_fd)
+        try:
+            real = _fd_path(fd)
+        finally:
+            os.close(fd)
+        if real is None or any(folder.is_relative_to(real) for folder in self.excluded):
+            raise PathError(f"path outside the root: {place.vpath} holds another account's folder")
 
     # -- whole tree ----------------------------------------------------------
 
-    def _folders(self) -> Iterator[tuple[Path, list[os.DirEntry[str]]]]:
-        """Yield every folder under the root with its entries, never following a link."""
-        stack = [self.root]
-        while stack:
-            folder = stack.pop()
-            try:
-                with os.scandir(folder) as it:
-                    entries = list(it)
-            except OSError:  # vanished or unreadable meanwhile
-                continue
-            yield folder, entries
-            stack.extend(Path(e.path) for e in entries if e.is_dir(follow_symlinks=False)
-                         and Path(e.path) not in self.excluded)
+    def walk(self) -> Iterator[tuple[int, list[str], list[str]]]:
+        """Yield ``(dir_fd, folders, files)`` for every folder under the root, through
+        descriptors (any depth, never following a link), leaving out other accounts'
+        roots and the state folder.  ``files`` holds every name that is not a folder."""
+        for _, folders, files, fd in os.fwalk(self.root, follow_symlinks=False):
+            kept = []
+            for name in folders:
+                try:
+                    info = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                except OSError:
+                    continue
+                if st.S_ISDIR(info.st_mode) and name != STATE_FOLDER \
+                        and _identity(info) not in self._excluded_identities():
+                    kept.append(name)
+            folders[:] = kept
+            yield fd, folders, files
+
+    def count(self) -> tuple[int, int]:
+        """Return the bytes in regular files (partial uploads included) and the folders
+        under the root, the root not counted."""
+        total = folders = 0
+        for fd, subfolders, files in self.walk():
+            folders += len(subfolders)
+            for name in files:
+                with contextlib.suppress(OSError):
+                    info = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                    if st.S_ISREG(info.st_mode):
+                        total += info.st_size
+        return total, folders
 
     def usage(self) -> int:
         """Return the bytes held in regular files under the root, partial uploads included."""
-        total = 0
-        for _, entries in self._folders():
-            for entry in entries:
-                with contextlib.suppress(OSError):
-                    if entry.is_file(follow_symlinks=False):
-                        total += entry.stat(follow_symlinks=False).st_size
-        return total
+        return self.count()[0]
 
-    def iter_partials(self) -> Iterator[tuple[Path, Path]]:
-        """Yield every (partial, meta) pair under the root, also when one of the two is missing."""
-        for folder, entries in self._folders():
-            stems = {e.name[:-len(META_SUFFIX)] if e.name.endswith(META_SUFFIX)
-                     else e.name[:-len(PARTIAL_SUFFIX)]
-                     for e in entries if is_reserved(e.name)}
-            for stem in sorted(stems):
-                yield folder / (stem + PARTIAL_SUFFIX), folder / (stem + META_SUFFIX)
+
+def _fd_path(fd: int) -> Path | None:
+    """The path an open folder has now (Linux's /proc), or None where it cannot be told."""
+    try:
+        return Path(os.readlink(f"/proc/self/fd/{fd}"))
+    except OSError:
+        return None

@@ -28,6 +28,8 @@ import pytest
 from ftpclient.client import Client
 from ftpserver.config import Config
 from ftpserver.errors import Busy, FTPError
+from ftpserver.locks import try_lock
+from ftpserver.protocol import META_SUFFIX
 from ftpserver.server import FTPServer
 
 from helpers import LOOPBACK, CuttingProxy, ServerProcess, md5_of, random_file, run_cli, start_cli
@@ -89,14 +91,19 @@ def wait_released(server: FTPServer, name: str, timeout: float = 30.0) -> None:
     A cut connection is noticed by the server a moment after the client has
     already given up; until then its handler still owns the partial.
     """
-    partial, _ = server.anonymous_storage.partial_paths("/" + name)
+    assert server.anonymous_storage is not None
+    folder, _, base = ("/" + name).rpartition("/")
+    meta = server.anonymous_storage.real(folder or "/") / f".{base}{META_SUFFIX}"
 
     def free() -> bool:
         try:
-            with server.claim(partial, name):
-                return True
-        except Busy:
-            return False
+            fd = os.open(meta, os.O_RDWR)
+        except FileNotFoundError:
+            return True
+        try:
+            return try_lock(fd)  # another open file holds it while a handler writes
+        finally:
+            os.close(fd)
 
     wait_until(free, timeout, what=f"the server to release the upload of {name}")
 

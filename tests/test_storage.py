@@ -218,7 +218,7 @@ def test_links_out_of_root_refused(links: Storage, canary: Path, path: str) -> N
     with pytest.raises(PathError):
         links.rename("/file.txt", path)
     with pytest.raises(PathError):
-        links.partial_paths(path)
+        links.upload_place(path).close()
     assert snapshot(canary) == before
     assert (links.root / "file.txt").read_bytes() == b"hello"
 
@@ -284,34 +284,31 @@ def test_open_read(storage: Storage) -> None:
 
 # -- partial uploads ---------------------------------------------------------
 
-def test_partial_paths(storage: Storage) -> None:
-    partial, meta = storage.partial_paths("/sub/new.bin")
-    assert partial == storage.root / "sub" / (".new.bin" + PARTIAL_SUFFIX)
-    assert meta == storage.root / "sub" / (".new.bin" + META_SUFFIX)
+def test_upload_place(storage: Storage) -> None:
+    with storage.upload_place("/sub/new.bin") as place:
+        assert place.name == "new.bin"
+        assert place.folder_identity() == (os.stat(storage.root / "sub").st_dev,
+                                           os.stat(storage.root / "sub").st_ino)
 
 
 @pytest.mark.parametrize("path, error", [
     ("/", PathError), ("/missing/x", NotFound), ("/file.txt/x", NotADirectory),
     ("/sub", IsADirectory), ("/" + "x" * 250, PathError),
 ])
-def test_partial_paths_errors(storage: Storage, path: str, error: type[Exception]) -> None:
+def test_upload_place_errors(storage: Storage, path: str, error: type[Exception]) -> None:
     with pytest.raises(error):
-        storage.partial_paths(path)
+        storage.upload_place(path).close()
 
 
-def test_iter_partials_and_usage(links: Storage) -> None:
+def test_count_and_usage(links: Storage) -> None:
     root = links.root
     (root / (".a" + PARTIAL_SUFFIX)).write_bytes(b"12345")
     (root / (".a" + META_SUFFIX)).write_text("{}")
     (root / "sub" / (".orphan" + PARTIAL_SUFFIX)).write_bytes(b"123")
     (root / "sub" / (".lonely" + META_SUFFIX)).write_text("{}")
-    assert sorted(links.iter_partials()) == sorted([
-        (root / (".a" + PARTIAL_SUFFIX), root / (".a" + META_SUFFIX)),
-        (root / "sub" / (".orphan" + PARTIAL_SUFFIX), root / "sub" / (".orphan" + META_SUFFIX)),
-        (root / "sub" / (".lonely" + PARTIAL_SUFFIX), root / "sub" / (".lonely" + META_SUFFIX)),
-    ])
     # hello + inside + 12345 + {} + 123 + {}; links (to the canary too) are not followed
     assert links.usage() == 5 + 6 + 5 + 2 + 3 + 2
+    assert links.count() == (links.usage(), 1)
 
 
 # -- changing ----------------------------------------------------------------
