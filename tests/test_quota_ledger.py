@@ -175,6 +175,9 @@ def test_moving_away_the_file_a_put_replaces_keeps_the_quota(quota_server: Quota
             final = None
     if moved["ok"] and final is not None:
         assert final["ok"] is False and final["error"] == "quota_exceeded", final
+    if not moved["ok"]:  # x stayed put: its replacement goes through as usual
+        assert final is not None and final["ok"] is True, final
+        assert (root / "x").read_bytes() == new
     assert held_bytes(root) <= quota, f"{held_bytes(root)} bytes held with a quota of {quota}"
 
 
