@@ -75,6 +75,9 @@ class Config:
     users: Mapping[str, User] = field(default_factory=lambda: MappingProxyType({}))
     partial_ttl: float = _WEEK
     max_connections: int = 512
+    max_per_address: int = 32
+    anonymous_quota: int | None = None
+    session_partial_limit: int | None = None
     tls: TLSConfig | None = None
 
     def with_overrides(self, **changes: Any) -> Config:
@@ -185,6 +188,9 @@ _SCALARS: dict[str, Callable[[Any], Any]] = {
     "anonymous": _boolean,
     "partial_ttl": _duration,
     "max_connections": _integer(1),
+    "max_per_address": _integer(1),
+    "anonymous_quota": _quota,
+    "session_partial_limit": _quota,
 }
 
 
