@@ -260,12 +260,32 @@ class _Reader:
         return TLSConfig(**self.section(data, "tls", paths, required=("cert", "key")))
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<` may be overridden: not a repeat
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                repeated = key in seen
+                seen.add(key)
+            except TypeError:  # an unhashable key: the base class refuses it
+                continue
+            if repeated:
+                raise yaml.constructor.ConstructorError(
+                    problem=f"duplicate key {_show(key)}", problem_mark=key_node.start_mark)
+        return super().construct_mapping(node, deep)
+
+
 def load_config(path: str | Path | None = None) -> Config:
     """Return the settings in ``path``, or in ``./config.yaml`` if it exists, else the defaults.
 
     Relative paths in the file resolve against the file's folder.  A missing root folder
     is not created here.  Raises ConfigError (one line) for a missing or unreadable file,
-    bad YAML, an unknown key, a wrong type or a bad size.
+    bad YAML, a key given twice, an unknown key, a wrong type or a bad size.
     """
     if path is None:
         if not DEFAULT_PATH.exists():
@@ -280,7 +300,7 @@ def load_config(path: str | Path | None = None) -> Config:
     except OSError as error:
         raise reader.error("", f"cannot read ({error.strerror or error})") from None
     try:
-        data = yaml.safe_load(raw)
+        data = yaml.load(raw, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as error:
         mark, problem = getattr(error, "problem_mark", None), getattr(error, "problem", None)
         line = f" (line {mark.line + 1})" if mark else ""

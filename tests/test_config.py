@@ -239,10 +239,28 @@ def test_parse_duration_refuses(value):
     ("host: a\nport: 1\n  bad: [", "not valid YAML (line 3)"),
     ("port: [1, 2", "not valid YAML"),
     ("port: 1\n---\nport: 2", "not valid YAML"),
+    # a key given twice, at every level
+    ("port: 1\nport: 2", "not valid YAML (line 2): duplicate key 'port'"),
+    ("users:\n  bob: {password: h, quota: 1, quota: 2}",
+     "not valid YAML (line 2): duplicate key 'quota'"),
+    ("users:\n  bob: {password: h}\n  bob: {password: i}",
+     "not valid YAML (line 3): duplicate key 'bob'"),
+    ("tls: {cert: a, key: b, cert: c}", "not valid YAML (line 1): duplicate key 'cert'"),
 ])
 def test_refusals(tmp_path, text, tail):
     path = write(tmp_path, text + "\n")
     assert refused(path).startswith(f"{path}: {tail}")
+
+
+def test_a_merged_key_may_be_overridden(tmp_path):
+    config = load_config(write(tmp_path, """\
+users:
+  alice: &common {password: h, quota: 1GiB}
+  bob:
+    <<: *common
+    quota: 2GiB
+"""))
+    assert (config.users["bob"].password, config.users["bob"].quota) == ("h", 2 * 1024**3)
 
 
 def test_message_names_the_file_as_given(tmp_path, monkeypatch):
