@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
+from .protocol import shorten
 
 __all__ = [
     "Config", "TLSConfig", "User", "find_config", "load_config", "prepare", "parse_size",
@@ -133,8 +134,7 @@ def _amount(value: object, units: Mapping[str, int], what: str) -> Decimal:
 
 def _show(value: object) -> str:
     """Return a short one-line repr of ``value``, so a message stays one short line."""
-    text = reprlib.repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+    return shorten(reprlib.repr(value), 60)
 
 
 # One small checker per type: each returns the clean value or raises ValueError(problem).
