@@ -4,13 +4,14 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import logging
+import shlex
 import signal
 import sys
 import threading
 from typing import Sequence
 
 from . import __version__
-from .config import load_config
+from .config import Config, find_config, load_config, prepare
 from .errors import FTPError
 
 __all__ = ["main"]
@@ -59,19 +60,23 @@ def _serve(args: argparse.Namespace) -> int:
     from .server import FTPServer
 
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
-    config = load_config(args.config).with_overrides(**overrides)
+    source = find_config(args.config)
+    config = load_config(source).with_overrides(**overrides)
+    for folder in prepare(config, source):
+        log.info("created the root folder %s", folder)
     try:
         server = FTPServer(config)
     except OSError as error:
         print(f"ftpserver: cannot listen on {config.host}:{config.port}: {error.strerror}",
               file=sys.stderr)
         return 2
-    host, port = server.server_address[:2]
-    log.info("serving %s on %s:%s", config.root, host, port)
-    _advise(config.host, port, config.anonymous)
+    # Handlers go in before the "serving" line, so a signal sent once it shows stops cleanly.
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
+    host, port = server.server_address[:2]
+    log.info("serving %s on %s:%s", config.root, host, port)
+    _advise(config, port)
     thread = threading.Thread(target=server.serve_forever, name="accept", daemon=True)
     thread.start()
     while not stop.wait(3600):
@@ -82,16 +87,21 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _advise(host: str, port: int, anonymous: bool) -> None:
+def _advise(config: Config, port: int) -> None:
+    """Log how clients connect, and warn of settings that are likely mistakes."""
+    host = config.host
     try:
         loopback = ipaddress.ip_address(host).is_loopback
     except ValueError:
         loopback = host == "localhost"
     where = "<this machine's LAN address>" if not loopback else host
-    log.info("clients connect with: ftpclient -H %s -p %s", where, port)
-    if not loopback and anonymous:
+    tls = f" --cafile {shlex.quote(str(config.tls.cert))}" if config.tls else ""
+    log.info("clients connect with: ftpclient -H %s -p %s%s", where, port, tls)
+    if not loopback and config.anonymous:
         log.warning("anonymous clients may read and write %s on the network; "
                     "set 'anonymous: false' in config.yaml to require a login", host)
+    if not config.anonymous and not config.users:
+        log.warning("nobody can log in: 'anonymous: false' and no users in config.yaml")
 
 
 if __name__ == "__main__":

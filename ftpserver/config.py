@@ -10,6 +10,7 @@ import dataclasses
 import math
 import re
 import reprlib
+import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -20,9 +21,11 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
+from .protocol import shorten
 
 __all__ = [
-    "Config", "TLSConfig", "User", "load_config", "parse_size", "parse_duration",
+    "Config", "TLSConfig", "User", "find_config", "load_config", "prepare", "parse_size",
+    "parse_duration",
     "DEFAULT_PATH", "DEFAULT_ROOT", "MIN_BUFFER_SIZE", "MAX_BUFFER_SIZE",
 ]
 
@@ -75,6 +78,9 @@ class Config:
     users: Mapping[str, User] = field(default_factory=lambda: MappingProxyType({}))
     partial_ttl: float = _WEEK
     max_connections: int = 512
+    max_per_address: int = 32
+    anonymous_quota: int | None = None
+    session_partial_limit: int | None = None
     tls: TLSConfig | None = None
 
     def with_overrides(self, **changes: Any) -> Config:
@@ -128,8 +134,7 @@ def _amount(value: object, units: Mapping[str, int], what: str) -> Decimal:
 
 def _show(value: object) -> str:
     """Return a short one-line repr of ``value``, so a message stays one short line."""
-    text = reprlib.repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+    return shorten(reprlib.repr(value), 60)
 
 
 # One small checker per type: each returns the clean value or raises ValueError(problem).
@@ -185,6 +190,9 @@ _SCALARS: dict[str, Callable[[Any], Any]] = {
     "anonymous": _boolean,
     "partial_ttl": _duration,
     "max_connections": _integer(1),
+    "max_per_address": _integer(1),
+    "anonymous_quota": _quota,
+    "session_partial_limit": _quota,
 }
 
 
@@ -254,18 +262,43 @@ class _Reader:
         return TLSConfig(**self.section(data, "tls", paths, required=("cert", "key")))
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<` may be overridden: not a repeat
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                repeated = key in seen
+                seen.add(key)
+            except TypeError:  # an unhashable key: the base class refuses it
+                continue
+            if repeated:
+                raise yaml.constructor.ConstructorError(
+                    problem=f"duplicate key {_show(key)}", problem_mark=key_node.start_mark)
+        return super().construct_mapping(node, deep)
+
+
+def find_config(path: str | Path | None = None) -> Path | None:
+    """Return ``path``, else ``./config.yaml`` if it exists, else None (the defaults)."""
+    if path is not None:
+        return Path(path)
+    return DEFAULT_PATH if DEFAULT_PATH.exists() else None
+
+
 def load_config(path: str | Path | None = None) -> Config:
     """Return the settings in ``path``, or in ``./config.yaml`` if it exists, else the defaults.
 
     Relative paths in the file resolve against the file's folder.  A missing root folder
-    is not created here.  Raises ConfigError (one line) for a missing or unreadable file,
-    bad YAML, an unknown key, a wrong type or a bad size.
+    is not created here (see :func:`prepare`).  Raises ConfigError (one line) for a missing
+    or unreadable file, bad YAML, a key given twice, an unknown key, a wrong type or a bad size.
     """
+    path = find_config(path)
     if path is None:
-        if not DEFAULT_PATH.exists():
-            return Config()
-        path = DEFAULT_PATH
-    path = Path(path)
+        return Config()
     reader = _Reader(str(path), path.absolute().parent)
     try:
         raw = path.read_bytes()
@@ -274,10 +307,96 @@ def load_config(path: str | Path | None = None) -> Config:
     except OSError as error:
         raise reader.error("", f"cannot read ({error.strerror or error})") from None
     try:
-        data = yaml.safe_load(raw)
+        data = yaml.load(raw, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as error:
         mark, problem = getattr(error, "problem_mark", None), getattr(error, "problem", None)
         line = f" (line {mark.line + 1})" if mark else ""
         reason = f": {' '.join(str(problem).split())}" if problem else ""
         raise reader.error("", f"not valid YAML{line}{reason}") from None
     return reader.config(data)
+
+
+# -- start-up checks: what the server needs from the file system, before it is built --
+
+def prepare(config: Config, source: str | Path | None = None) -> list[Path]:
+    """Check the TLS files and create missing root folders; return the folders created.
+
+    A root is created only if its parent folder exists, so a typo does not build a
+    whole chain of folders.  Raises ConfigError (``source: key: problem``) for a TLS
+    file that is not what its key says, or a root that is not a folder or cannot be made.
+    """
+    try:
+        if config.tls:
+            _check_tls(config.tls)
+        return [path for key, path in _roots(config) if _checked(_make_folder, path, key)]
+    except ConfigError as error:
+        raise ConfigError(f"{source}: {error}" if source else str(error)) from None
+
+
+def _roots(config: Config) -> list[tuple[str, Path]]:
+    """The root folders the server will serve, with their keys, parents first."""
+    roots = [(f"users.{name}.root", user.root) for name, user in config.users.items()]
+    if config.anonymous or any(path.is_relative_to(config.root) for _, path in roots):
+        roots.append(("root", config.root))
+    return sorted(roots, key=lambda item: len(item[1].parts))
+
+
+def _make_folder(path: Path) -> bool:
+    """Create folder ``path`` if it is missing and its parent exists; True if created."""
+    if path.is_dir():
+        return False
+    if path.exists():
+        raise ValueError(f"{path} is a file, not a folder" if path.is_file() else
+                         f"{path} is not a folder")
+    if not path.parent.is_dir():
+        why = "is not a folder" if path.parent.exists() else "does not exist"
+        raise ValueError(f"cannot create {path}: {path.parent} {why}")
+    try:
+        path.mkdir(exist_ok=True)  # another server starting on the same root may win
+    except OSError as error:
+        raise ValueError(f"cannot create {path}: {error.strerror or error}") from None
+    return True
+
+
+class _Encrypted(Exception):
+    """The private key asks for a passphrase."""
+
+
+def _no_passphrase() -> str:
+    raise _Encrypted
+
+
+def _readable(path: Path) -> None:
+    try:
+        path.open("rb").close()
+    except OSError as error:
+        raise ValueError(f"cannot read {path}: {error.strerror or error}") from None
+
+
+def _holds_certificate(path: Path) -> bool:
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_verify_locations(cafile=path)
+    except ssl.SSLError:
+        return False
+    return True
+
+
+def _check_tls(tls: TLSConfig) -> None:
+    """Load the certificate and key as the server will, naming the file that is wrong.
+
+    Raises ConfigError naming ``tls.cert`` or ``tls.key``.
+    """
+    _checked(_readable, tls.cert, "tls.cert")
+    _checked(_readable, tls.key, "tls.key")
+    if not _holds_certificate(tls.cert):
+        swapped = " (tls.key does: are the two swapped?)" if _holds_certificate(tls.key) else ""
+        raise ConfigError(f"tls.cert: {tls.cert} holds no PEM certificate{swapped}")
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(tls.cert, tls.key, _no_passphrase)
+    except _Encrypted:
+        raise ConfigError(f"tls.key: {tls.key} is encrypted: the server needs a key "
+                          "without a passphrase") from None
+    except ssl.SSLError as error:
+        problem = ("is not the key of the certificate in tls.cert"
+                   if error.reason == "KEY_VALUES_MISMATCH" else "holds no PEM private key")
+        raise ConfigError(f"tls.key: {tls.key} {problem}") from None

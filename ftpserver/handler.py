@@ -20,8 +20,8 @@ from .auth import ScramServer
 from .digest import HASHES, HEX_LENGTH, Checkpoint, version_tag
 from .errors import (AuthFailed, ChecksumError, ConnectionLost, FramingError, FTPError,
                      InternalError, NotFound, ProtocolError, QuotaExceeded, UnknownCommand)
-from .protocol import (bool_field, encode_frame, error_reply, int_field, ok_reply, printable,
-                       read_frame, text_field)
+from .protocol import (bool_field, encode_frame, error_reply, int_field, loggable, ok_reply,
+                       printable, read_frame, shorten, text_field)
 from .session import Upload
 from .transfer import FileHasher, receive_body, receiving_digest, send_body
 from .uploads import Writeback
@@ -149,8 +149,11 @@ class FTPHandler(socketserver.StreamRequestHandler):
         """One line per command: who, what, on which path, how many bytes, how fast."""
         seconds = time.monotonic() - self.started
         subject = self.subject or header.get("path") or header.get("filename") or ""
-        line = "%s %s %s %s" % (peer, self.user or "anonymous", header.get("cmd"), str(subject)[:200])
+        # cmd and paths come from the client: escaped and quoted, so none can forge a line.
+        line = "%s %s %s %s" % (peer, self.user or "anonymous", loggable(header.get("cmd")),
+                                loggable(subject) if subject else "")
         if problem:
+            problem = shorten(printable(problem), 1000)
             # A stat that finds nothing is how clients ask "is it there?": not news.
             level = logging.DEBUG if header.get("cmd") == "stat" else logging.INFO
             log.log(level, "%s %s", line, problem)

@@ -7,6 +7,7 @@ bytes may follow a header, as the command says (docs/PROTOCOL.md).
 from __future__ import annotations
 
 import json
+import re
 import struct
 from typing import Any, Protocol
 
@@ -15,10 +16,13 @@ from .errors import ConnectionLost, FramingError, FTPError, ProtocolError, error
 __all__ = [
     "MAX_HEADER", "PARTIAL_SUFFIX", "META_SUFFIX", "LENGTH", "CHUNK_SIZE", "HASH_BLOCK", "encode_frame", "decode_header",
     "parse_frame", "read_frame", "read_exact", "ok_reply", "error_reply", "check_reply", "printable",
-    "text_field", "int_field", "bool_field",
+    "shorten", "loggable", "text_field", "int_field", "bool_field", "MAX_MESSAGE",
 ]
 
 MAX_HEADER = 65536
+#: Longest error message sent, in characters once escaped.  A character takes at most
+#: 4 bytes in the frame's JSON, so an error reply stays well inside MAX_HEADER.
+MAX_MESSAGE = 4096
 #: A file being transferred lives beside its final name with this suffix (both sides),
 #: its resume metadata with META_SUFFIX; neither is ever shown or served as a file.
 PARTIAL_SUFFIX = ".ftp-partial"
@@ -28,6 +32,8 @@ CHUNK_SIZE = 64 * 1024
 #: Bytes per read when hashing a file from disk; large reads keep hashing near its limit.
 HASH_BLOCK = 1024 * 1024
 _MAX_INT = 2**63 - 1
+#: A log token that needs no quotes: no space, quote or backslash (and printable, checked apart).
+_PLAIN = re.compile(r"[^\s'\"\\]+")
 _MISSING: Any = object()
 
 
@@ -126,9 +132,28 @@ def printable(text: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
+def shorten(text: str, limit: int) -> str:
+    """Return ``text``, cut to ``limit`` characters ending in ``...`` if it is longer."""
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def loggable(value: object, limit: int = 200) -> str:
+    """Return a client-supplied value as one short printable token for a log line.
+
+    A plain string stays as it is; anything else (spaces, quotes, control characters,
+    not a string) is shown as its repr, so no value can forge a log line or send an
+    escape sequence to a terminal.  The result is cut to ``limit`` characters.
+    """
+    text = value if isinstance(value, str) else repr(value)
+    if not (_PLAIN.fullmatch(text) and text == printable(text)):
+        text = repr(text)
+    return shorten(text, limit)
+
+
 def error_reply(error: FTPError) -> dict[str, Any]:
-    """Return the error header for ``error``; its message is one printable line."""
-    return {"ok": False, "error": error.code, "message": printable(error.message)}
+    """Return the error header for ``error``; its message is one printable line, cut to
+    MAX_MESSAGE characters so the reply always fits in a frame."""
+    return {"ok": False, "error": error.code, "message": shorten(printable(error.message), MAX_MESSAGE)}
 
 
 def check_reply(header: dict[str, Any] | None) -> dict[str, Any]:

@@ -37,6 +37,8 @@ def test_shipped_config_loads_the_defaults():
     assert (config.host, config.port, config.buffer_size) == ("127.0.0.1", 2121, 65536)
     assert (config.idle_timeout, config.partial_ttl) == (300, 7 * 86400)
     assert (config.anonymous, config.max_connections, config.tls) == (True, 512, None)
+    assert (config.max_per_address, config.anonymous_quota, config.session_partial_limit) == (
+        32, None, None)
     assert dict(config.users) == {}
 
 
@@ -88,6 +90,13 @@ def test_no_path_reads_cwd_config_or_defaults(tmp_path, monkeypatch):
     ("anonymous: false", "anonymous", False),
     ("host: 0.0.0.0", "host", "0.0.0.0"),
     ("max_connections: 1", "max_connections", 1),
+    ("max_per_address: 1", "max_per_address", 1),
+    ("max_per_address: 1000", "max_per_address", 1000),
+    ("anonymous_quota: 2GiB", "anonymous_quota", 2 * 1024**3),
+    ("anonymous_quota: 0", "anonymous_quota", 0),
+    ("anonymous_quota: null", "anonymous_quota", None),
+    ("session_partial_limit: 500MB", "session_partial_limit", 500 * 10**6),
+    ("session_partial_limit: null", "session_partial_limit", None),
     ("users: null", "users", {}),
     ("tls: null", "tls", None),
 ])
@@ -182,6 +191,9 @@ def test_parse_duration_refuses(value):
     ("port:", "port: must be an integer from 0 to 65535, got None"),
     ("max_connections: 0", "max_connections: must be an integer of at least 1, got 0"),
     ("max_connections: false", "max_connections: must be an integer of at least 1, got False"),
+    ("max_per_address: 0", "max_per_address: must be an integer of at least 1, got 0"),
+    ("max_per_address: '8'", "max_per_address: must be an integer of at least 1, got '8'"),
+    ("max_per_address: null", "max_per_address: must be an integer of at least 1, got None"),
     # booleans
     ("anonymous: 1", "anonymous: must be true or false, got 1"),
     ("anonymous: 'yes'", "anonymous: must be true or false, got 'yes'"),
@@ -199,6 +211,10 @@ def test_parse_duration_refuses(value):
     ("users: {alice: {password: h, quota: 2 parsecs}}", "users.alice.quota: bad size '2 parsecs'"),
     ("users: {alice: {password: h, quota: -1}}", "users.alice.quota: bad size -1 (negative)"),
     ("users: {alice: {password: h, quota: true}}", "users.alice.quota: bad size True"),
+    ("anonymous_quota: lots", "anonymous_quota: bad size 'lots'"),
+    ("anonymous_quota: -1", "anonymous_quota: bad size -1 (negative)"),
+    ("session_partial_limit: 1 PB", "session_partial_limit: bad size '1 PB'"),
+    ("session_partial_limit: false", "session_partial_limit: bad size False"),
     ("buffer_size: lots", "buffer_size: bad size 'lots'"),
     ("buffer_size: 1024", "buffer_size: must be from 4096 to 16777216 bytes, got 1024"),
     ("buffer_size: 1GiB", "buffer_size: must be from 4096 to 16777216 bytes, got '1GiB'"),
@@ -223,10 +239,28 @@ def test_parse_duration_refuses(value):
     ("host: a\nport: 1\n  bad: [", "not valid YAML (line 3)"),
     ("port: [1, 2", "not valid YAML"),
     ("port: 1\n---\nport: 2", "not valid YAML"),
+    # a key given twice, at every level
+    ("port: 1\nport: 2", "not valid YAML (line 2): duplicate key 'port'"),
+    ("users:\n  bob: {password: h, quota: 1, quota: 2}",
+     "not valid YAML (line 2): duplicate key 'quota'"),
+    ("users:\n  bob: {password: h}\n  bob: {password: i}",
+     "not valid YAML (line 3): duplicate key 'bob'"),
+    ("tls: {cert: a, key: b, cert: c}", "not valid YAML (line 1): duplicate key 'cert'"),
 ])
 def test_refusals(tmp_path, text, tail):
     path = write(tmp_path, text + "\n")
     assert refused(path).startswith(f"{path}: {tail}")
+
+
+def test_a_merged_key_may_be_overridden(tmp_path):
+    config = load_config(write(tmp_path, """\
+users:
+  alice: &common {password: h, quota: 1GiB}
+  bob:
+    <<: *common
+    quota: 2GiB
+"""))
+    assert (config.users["bob"].password, config.users["bob"].quota) == ("h", 2 * 1024**3)
 
 
 def test_message_names_the_file_as_given(tmp_path, monkeypatch):
