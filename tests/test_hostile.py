@@ -16,7 +16,7 @@ import threading
 import time
 import unicodedata
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
