@@ -8,7 +8,7 @@ from __future__ import annotations
 __all__ = [
     "FTPError", "ProtocolError", "FramingError", "UnknownCommand", "NotFound", "Forbidden",
     "PathError", "ChecksumError", "QuotaExceeded", "Busy", "AuthFailed",
-    "InternalError", "Exists", "NotEmpty", "IsADirectory", "NotADirectory",
+    "InternalError", "Exists", "NotEmpty", "IsADirectory", "NotADirectory", "StaleOffset",
     "ConnectionLost", "Unreachable", "LocalError", "ConfigError",
     "error_for_code", "ERROR_CODES",
 ]
@@ -116,6 +116,12 @@ class NotADirectory(FTPError):
     code = "not_directory"
 
 
+class StaleOffset(FTPError):
+    """The partial upload changed: send the whole file."""
+
+    code = "stale_offset"
+
+
 # Errors below never travel on the wire: the client raises them itself.
 
 class ConnectionLost(FTPError):
@@ -144,7 +150,7 @@ class ConfigError(FTPError):
 
 _WIRE_ERRORS = (ProtocolError, UnknownCommand, NotFound, Forbidden, ChecksumError,
                 QuotaExceeded, Busy, AuthFailed, InternalError, Exists, NotEmpty,
-                IsADirectory, NotADirectory)
+                IsADirectory, NotADirectory, StaleOffset)
 
 #: Every code the server may send, mapped to the class the client raises.
 ERROR_CODES: dict[str, type[FTPError]] = {cls.code: cls for cls in _WIRE_ERRORS}

@@ -8,6 +8,7 @@ becomes an error reply with its code; anything else is logged and sent as
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -19,9 +20,11 @@ from typing import TYPE_CHECKING, Any, Callable
 from .auth import ScramServer
 from .digest import HASHES, HEX_LENGTH, Checkpoint, version_tag
 from .errors import (AuthFailed, ChecksumError, ConnectionLost, FramingError, FTPError,
-                     InternalError, NotFound, ProtocolError, QuotaExceeded, UnknownCommand)
+                     InternalError, NotFound, ProtocolError, QuotaExceeded, StaleOffset,
+                     UnknownCommand)
 from .protocol import (bool_field, encode_frame, error_reply, int_field, loggable, ok_reply,
                        printable, read_frame, shorten, text_field)
+from .commits import CommitGroup
 from .session import Upload
 from .transfer import FileHasher, receive_body, receiving_digest, send_body
 from .uploads import Writeback
@@ -39,6 +42,10 @@ _HEX = re.compile(r"[0-9a-f]+")
 MAX_SOURCE = 512
 #: Entries per ``ls`` reply frame, well inside the header limit.
 LS_BATCH = 100
+#: Folders and files in one ``plan`` request, and characters of a message in its reply,
+#: so the reply stays well inside the header limit.
+PLAN_MAX = 256
+PLAN_MESSAGE = 160
 #: Seconds a TLS client has to finish its handshake (at most ``idle_timeout``).
 HANDSHAKE_TIMEOUT = 10.0
 
@@ -82,6 +89,7 @@ class FTPHandler(socketserver.StreamRequestHandler):
         if isinstance(self.connection, ssl.SSLSocket):
             self._handshake()
         self.session = self.server.anonymous_session()
+        self.commits = CommitGroup(self.server.sync_uploads)
         self._scram: ScramServer | None = None
         #: True while a request's body may be in flight: an error then ends the connection.
         self.mid_body = False
@@ -175,7 +183,22 @@ class FTPHandler(socketserver.StreamRequestHandler):
             self, "do_" + command, None)
         if method is None:
             raise UnknownCommand(f"unknown command {command!r}")
+        if len(self.commits) and not (command == "put" and header.get("stream") is True):
+            self.commit_held()  # replies go out in the order of the requests
         return method(header)
+
+    def commit_held(self) -> None:
+        """Commit the streamed uploads waiting for a group commit and send their replies."""
+        for reply in self.commits.commit():
+            self.send(reply)
+
+    def finish(self) -> None:
+        """Hook: verified uploads still held are committed even if no one hears of it."""
+        try:
+            for reply in self.commits.commit():
+                self._send_quietly(reply)
+        finally:
+            super().finish()
 
     def send(self, header: dict[str, Any]) -> None:
         """Send one header frame."""
@@ -244,13 +267,15 @@ class FTPHandler(socketserver.StreamRequestHandler):
         self.subject, self.moved = vpath, size - offset
         self.send(ok_reply(**{algorithm: digest}))
 
-    def do_put(self, header: dict[str, Any]) -> dict[str, Any]:
+    def do_put(self, header: dict[str, Any]) -> dict[str, Any] | None:
         """Receive a file into a partial, verify its hash (md5 unless ``hash`` names
         another), then rename it into place.
 
         Without ``resume`` this is the tutorial's one-shot put: the body follows
         the header at once, so an error found first ends the connection.
         """
+        if bool_field(header, "stream"):
+            return self._put_streamed(header)
         resumable = bool_field(header, "resume")
         self.mid_body = not resumable
         name = text_field(header, "filename")
@@ -299,6 +324,78 @@ class FTPHandler(socketserver.StreamRequestHandler):
         self.subject, self.moved = vpath, size - offset
         return ok_reply(filename=vpath, filesize=size, **{algorithm: digest})
 
+    def _put_streamed(self, header: dict[str, Any]) -> None:
+        """A put whose body (from ``offset``) and trailer follow at once, with its reply
+        held for a group commit: many files without a round trip each.
+
+        Whatever is wrong, the body and trailer are read, so the stream stays in step
+        (a size that cannot be read leaves no way to, and ends the connection).
+        """
+        self.mid_body = True
+        size = int_field(header, "filesize")
+        offset = int_field(header, "offset", 0, high=size)
+        try:
+            name = text_field(header, "filename")
+            algorithm = _hash_name(header)
+            source = text_field(header, "source")
+            if len(source) > MAX_SOURCE:
+                raise ProtocolError(f"field 'source' is over {MAX_SOURCE} characters")
+            mtime_ns = int_field(header, "mtime_ns", None)
+            more = bool_field(header, "more")
+            upload = self.session.upload(name, size, source, offset == 0, self.connection)
+        except FTPError:
+            self._refuse_body(size - offset)
+            raise
+        try:
+            return self._receive_streamed(upload, offset, algorithm, mtime_ns, more)
+        except FTPError:
+            self.commit_held()  # the replies held so far go before this one
+            raise
+
+    def _receive_streamed(self, upload: Upload, offset: int, algorithm: str,
+                          mtime_ns: int | None, more: bool) -> None:
+        size = upload.size
+        with contextlib.ExitStack() as held:
+            held.callback(upload.close)
+            if upload.offset < offset:
+                self._refuse_body(size - offset)
+                raise StaleOffset(f"{upload.vpath}: the server holds {upload.offset} bytes, "
+                                  f"not {offset}: send the whole file")
+            upload.keep_from(offset)
+            self.mid_body = True
+            digest, reached = self._receive(upload, algorithm, resumable=True)
+            try:
+                declared = _digest_field(check_trailer(read_frame(self.rfile)), algorithm)
+            except ConnectionLost:
+                upload.save_checkpoint(reached)
+                raise
+            self.mid_body = False
+            if digest != declared:
+                upload.discard()
+                raise ChecksumError(f"checksum mismatch for {upload.vpath}: received {algorithm} "
+                                    f"{digest}, the client's is {declared}")
+            upload.set_mtime(mtime_ns)
+            held.pop_all()
+        self.subject, self.moved = upload.vpath, size - offset
+        full = self.commits.add(upload, ok_reply(filename=upload.vpath, filesize=size,
+                                                 **{algorithm: digest}),
+                                lambda info: self.server.digests.put(info, digest, algorithm))
+        if full or not more:
+            self.commit_held()
+        return None
+
+    def _refuse_body(self, count: int) -> None:
+        """Read and drop a body of ``count`` bytes and its trailer, sent before the reply
+        that refuses it; the replies held so far go first."""
+        remaining = count
+        while remaining:
+            data = self.rfile.read(min(remaining, 1 << 20))
+            if not data:
+                raise ConnectionLost(f"connection closed with {remaining} bytes of the body missing")
+            remaining -= len(data)
+        read_frame(self.rfile)
+        self.commit_held()
+
     def _receive(self, upload: Upload, name: str, resumable: bool) -> tuple[str, Checkpoint | None]:
         """Append the body to the partial; return the hash ``name`` of the whole file
         and its state (None where it cannot be saved).
@@ -322,6 +419,54 @@ class FTPHandler(socketserver.StreamRequestHandler):
                     upload.save_checkpoint(digest.checkpoint())
                 raise
             return digest.result(), digest.checkpoint()
+
+    def do_plan(self, header: dict[str, Any]) -> dict[str, Any]:
+        """Before a batch of puts: create ``folders`` (kept if there), and tell for each of
+        ``files`` where its put starts: its size if the file is there and the same (by size
+        and modification time, or by hash when the entry carries a digest), the bytes
+        of a partial from the same source, or 0."""
+        folders, files = header.get("folders", []), header.get("files", [])
+        if not isinstance(folders, list) or not isinstance(files, list) \
+                or len(folders) + len(files) > PLAN_MAX:
+            raise ProtocolError(f"'folders' and 'files' must be lists of at most {PLAN_MAX} in all")
+        algorithm = _hash_name(header)
+        self.session.writable()
+        return ok_reply(folders=[self._planned(lambda: self._plan_folder(folder))
+                                 for folder in folders],
+                        files=[self._planned(lambda: self._plan_file(entry, algorithm))
+                               for entry in files])
+
+    @staticmethod
+    def _planned(step: Callable[[], dict[str, Any] | None]) -> dict[str, Any] | None:
+        try:
+            return step()
+        except FTPError as error:
+            return {"error": error.code, "message": shorten(printable(error.message), PLAN_MESSAGE)}
+
+    def _plan_folder(self, folder: object) -> None:
+        if not isinstance(folder, str):
+            raise ProtocolError("a folder must be a string")
+        self.session.ensure_folder(folder)
+
+    def _plan_file(self, entry: object, algorithm: str) -> dict[str, Any]:
+        if not isinstance(entry, dict):
+            raise ProtocolError("a file must be an object")
+        name, size = text_field(entry, "name"), int_field(entry, "size")
+        source = text_field(entry, "source")
+        mtime_ns = int_field(entry, "mtime_ns", None)
+        digest = _digest_field(entry, algorithm, required=False)
+        try:
+            vpath, there = self.session.stat(name)
+        except NotFound:
+            there = None
+        if there is not None and there.type == "file" and there.size == size:
+            if digest is None and mtime_ns is not None and there.mtime_ns == mtime_ns:
+                return {"offset": size}
+            if digest is not None:
+                with self.session.open_read(vpath)[1] as file:
+                    if self.server.file_digest(file, algorithm) == digest:
+                        return {"offset": size}
+        return {"offset": self.session.resume_offset(name, size, source)}
 
     def do_login(self, header: dict[str, Any]) -> dict[str, Any]:
         """One step of a SCRAM-SHA-256 login: client-first, then client-final."""

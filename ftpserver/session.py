@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from .digest import Checkpoint
-from .errors import AuthFailed, Forbidden, NotADirectory, NotFound, QuotaExceeded
+from .errors import AuthFailed, Exists, Forbidden, NotADirectory, NotFound, QuotaExceeded
 from .quota import Ledger
 from .storage import Entry, Storage
 from .uploads import Claims, PartialUpload, refuse_if_claimed
@@ -103,6 +104,22 @@ class Session:
         storage.rename(source, target)
         return source, target
 
+    def ensure_folder(self, path: str) -> str:
+        """Create folder ``path`` unless it is one already (its parent must exist)."""
+        vpath = self.path(path)
+        try:
+            self.mkdir(vpath)
+        except Exists:
+            if self.files().stat(vpath).type != "dir":
+                raise
+        return vpath
+
+    def resume_offset(self, path: str, size: int, source: str) -> int:
+        """Where a put of ``path`` (``size`` bytes, the client's ``source`` tag) would resume."""
+        storage = self.writable()
+        with PartialUpload(storage.upload_place(storage.virtual(self.cwd, path))) as partial:
+            return partial.resumable_offset(size, source)
+
     def upload(self, path: str, size: int, source: str | None = None, restart: bool = False,
                connection: socket.socket | None = None) -> Upload:
         """Start a put of ``size`` bytes to ``path`` (use it as a context manager).
@@ -152,9 +169,26 @@ class Upload:
         """Keep the hash state of the bytes held, for a resume."""
         self.partial.save_checkpoint(reached)
 
+    def keep_from(self, offset: int) -> None:
+        """Resume from ``offset`` instead (at most :attr:`offset`): the bytes after it go."""
+        assert offset <= self.offset
+        if offset < self.offset:
+            os.ftruncate(self.partial.fd, offset)
+            self.offset = offset
+            if self.checkpoint and self.checkpoint.offset > offset:
+                self.checkpoint = None
+
+    def set_mtime(self, mtime_ns: int | None) -> None:
+        """Give the file the modification time of the sender's copy (None: keep now)."""
+        if mtime_ns is not None:
+            os.utime(self.partial.fd, ns=(time.time_ns(), mtime_ns))
+
     def commit(self, sync: bool = True) -> os.stat_result:
         """Put the complete, verified partial under its name; return that file's stat.
 
+        With ``sync``, the file and then its folder are flushed to disk, so the
+        name survives a power cut; without, the caller has flushed the file and
+        flushes the folder (:meth:`sync_folder`), as a group commit does.
         Raises NotFound if its folder was moved or removed meanwhile (the partial
         stays, resumable at the folder's new place), QuotaExceeded if the file it
         was to replace went elsewhere and the account would end over its quota.
@@ -170,7 +204,13 @@ class Upload:
         self._done = True
         if self.ledger:
             self.ledger.add(-replaced)
+        if sync:
+            self.sync_folder()
         return info
+
+    def sync_folder(self) -> None:
+        """Flush the folder holding the file to disk (its new name with it)."""
+        os.fsync(self.partial.dir_fd)
 
     def discard(self) -> None:
         """Remove the partial: the received bytes are of no use."""

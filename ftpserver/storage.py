@@ -23,7 +23,7 @@ import stat as st
 import sys
 import time
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
@@ -124,18 +124,21 @@ class Entry:
     type: str  # "file" or "dir"
     size: int
     mtime: float
+    #: The same time in whole nanoseconds, exact, for comparing copies.
+    mtime_ns: int = field(default=0, compare=False)
 
     @classmethod
     def from_stat(cls, name: str, info: os.stat_result) -> Entry | None:
         """Return the entry for ``info``; None for anything but a file or folder."""
         if st.S_ISDIR(info.st_mode):
-            return cls(name, "dir", 0, info.st_mtime)
+            return cls(name, "dir", 0, info.st_mtime, info.st_mtime_ns)
         if st.S_ISREG(info.st_mode):
-            return cls(name, "file", info.st_size, info.st_mtime)
+            return cls(name, "file", info.st_size, info.st_mtime, info.st_mtime_ns)
         return None
 
     def to_json(self) -> dict[str, object]:
-        return {"name": self.name, "type": self.type, "size": self.size, "mtime": self.mtime}
+        return {"name": self.name, "type": self.type, "size": self.size, "mtime": self.mtime,
+                "mtime_ns": self.mtime_ns}
 
 
 class Place:

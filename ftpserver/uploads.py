@@ -196,6 +196,19 @@ class PartialUpload:
         source = meta.get("source") if meta else None
         return source if isinstance(source, str) else None
 
+    def resumable_offset(self, size: int, source: str) -> int:
+        """The offset a put of ``size`` bytes from ``source`` would resume from now (unclaimed)."""
+        fd = _open_own(self.dir_fd, self.meta_name, create=False)
+        if fd is None:
+            return 0
+        try:
+            meta = _read_json(fd)
+        finally:
+            os.close(fd)
+        if meta is None or meta.get("filesize") != size or meta.get("source") != source:
+            return 0
+        return min(self.held(), size)
+
     def close_meta(self) -> None:
         if self.meta_fd >= 0:
             os.close(self.meta_fd)  # releases the lock

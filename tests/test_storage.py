@@ -251,8 +251,9 @@ def test_listdir_skips_links_out_and_partials(links: Storage) -> None:
     assert [e.name for e in listing] == ["file.txt", "infile", "inlink", "sub"]
     assert [e.type for e in listing] == ["file", "file", "dir", "dir"]
     assert listing[0].size == 5
+    info = (root / "file.txt").stat()
     assert listing[0].to_json() == {"name": "file.txt", "type": "file", "size": 5,
-                                    "mtime": (root / "file.txt").stat().st_mtime}
+                                    "mtime": info.st_mtime, "mtime_ns": info.st_mtime_ns}
 
 
 @pytest.mark.parametrize("path, error", [

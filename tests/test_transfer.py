@@ -217,7 +217,7 @@ def test_ls_json_is_a_document_for_scripts(path: str, expected: str, port: int,
     document = json.loads(result.stdout)
     assert document["path"] == expected
     for entry in document["entries"]:
-        assert set(entry) == {"name", "type", "size", "mtime"}
+        assert set(entry) == {"name", "type", "size", "mtime", "mtime_ns"}
         assert isinstance(entry["mtime"], (int, float))
     entries = {e["name"]: (e["type"], e["size"]) for e in document["entries"]}
     if expected == "/":

@@ -1,0 +1,115 @@
+"""Group commit: many received files made durable together, then renamed into place.
+
+A streamed put (``"stream": true``) is verified as soon as its body and trailer
+have arrived, but its reply waits in a :class:`CommitGroup` until the client says
+no more follow at once (``"more": false``), the group is full, or another command
+comes.  Then every file in the group is flushed to disk at once (fsyncs issued in
+parallel, which the file system's journal commits together), renamed into place,
+each folder flushed once, and the replies go out in order.  A folder of small
+files thus costs a few disk flushes, not one blocking flush per file, and every
+reply still means what it says: the file is complete, verified, under its name
+and on disk.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from .errors import FTPError, InternalError, NotFound, QuotaExceeded
+from .protocol import error_reply
+from .session import Upload
+
+__all__ = ["CommitGroup", "GROUP_FILES", "GROUP_BYTES"]
+
+log = logging.getLogger(__name__)
+
+#: Most files and bytes a group holds before it is committed anyway.
+GROUP_FILES = 256
+GROUP_BYTES = 64 * 1024 * 1024
+#: Threads issuing fsyncs at once (for all connections).
+SYNC_THREADS = 8
+
+_pool: ThreadPoolExecutor | None = None
+
+
+def _sync_pool() -> ThreadPoolExecutor:
+    global _pool
+    if _pool is None:
+        _pool = ThreadPoolExecutor(SYNC_THREADS, thread_name_prefix="fsync")
+    return _pool
+
+
+def sync_all(fds: list[int]) -> None:
+    """fsync every descriptor, in parallel when there are several.  Raises OSError."""
+    if len(fds) == 1:
+        os.fsync(fds[0])
+    elif fds:
+        for _ in _sync_pool().map(os.fsync, fds):
+            pass
+
+
+@dataclass
+class _Pending:
+    upload: Upload
+    reply: dict[str, Any]
+    remember: Callable[[os.stat_result], None]
+
+
+class CommitGroup:
+    """The verified uploads of one connection whose replies wait for a group commit."""
+
+    def __init__(self, sync: bool) -> None:
+        self.sync = sync
+        self._pending: list[_Pending] = []
+        self._bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def add(self, upload: Upload, reply: dict[str, Any],
+            remember: Callable[[os.stat_result], None]) -> bool:
+        """Hold a verified upload and its reply; return True if the group is now full."""
+        self._pending.append(_Pending(upload, reply, remember))
+        self._bytes += upload.size
+        return len(self._pending) >= GROUP_FILES or self._bytes >= GROUP_BYTES
+
+    def commit(self) -> list[dict[str, Any]]:
+        """Flush, rename and close every held upload; return their replies in order
+        (an error reply for one that could not be committed)."""
+        pending, self._pending, self._bytes = self._pending, [], 0
+        if not pending:
+            return []
+        replies: list[dict[str, Any] | None] = [None] * len(pending)
+        try:
+            if self.sync:
+                sync_all([item.upload.partial.fd for item in pending])
+            folders: dict[tuple[int, int], int] = {}
+            for index, item in enumerate(pending):
+                try:
+                    info = item.upload.commit(sync=False)
+                except NotFound as error:  # its folder moved: the partial stays, resumable there
+                    replies[index] = error_reply(error)
+                    continue
+                except QuotaExceeded as error:
+                    item.upload.discard()
+                    replies[index] = error_reply(error)
+                    continue
+                item.remember(info)
+                folders.setdefault(item.upload.partial.place.folder_identity(),
+                                   item.upload.partial.dir_fd)
+                replies[index] = item.reply
+            if self.sync:
+                sync_all(list(folders.values()))
+        except (FTPError, OSError) as error:
+            log.error("committing %d uploads failed: %s", len(pending), error)
+            failure = error_reply(error if isinstance(error, FTPError) else
+                                  InternalError(f"server file error: {error.strerror or error}"))
+            replies = [reply if reply is not None else failure for reply in replies]
+        finally:
+            for item in pending:
+                item.upload.close()
+        lost = error_reply(InternalError("the upload could not be committed"))
+        return [reply if reply is not None else lost for reply in replies]
