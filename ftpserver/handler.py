@@ -358,6 +358,7 @@ class FTPHandler(socketserver.StreamRequestHandler):
         with contextlib.ExitStack() as held:
             held.callback(upload.close)
             if upload.offset < offset:
+                upload.discard()  # the client sends it all again: keep nothing stale
                 self._refuse_body(size - offset)
                 raise StaleOffset(f"{upload.vpath}: the server holds {upload.offset} bytes, "
                                   f"not {offset}: send the whole file")
@@ -394,6 +395,7 @@ class FTPHandler(socketserver.StreamRequestHandler):
                 raise ConnectionLost(f"connection closed with {remaining} bytes of the body missing")
             remaining -= len(data)
         read_frame(self.rfile)
+        self.mid_body = False
         self.commit_held()
 
     def _receive(self, upload: Upload, name: str, resumable: bool) -> tuple[str, Checkpoint | None]:

@@ -1,0 +1,126 @@
+"""Batched puts on the wire: plan, streamed puts and their group commit, by raw frames."""
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from helpers import LOOPBACK, ask, raw_frame, recv_frame
+
+
+@pytest.fixture
+def sock(port: int) -> Iterator[socket.socket]:
+    with socket.create_connection((LOOPBACK, port), timeout=20) as connection:
+        yield connection
+
+
+def streamed(name: str, data: bytes, more: bool, offset: int = 0, mtime_ns: int | None = None,
+             digest: str | None = None, source: str = "tag") -> bytes:
+    """A streamed put: header, the body from ``offset``, the trailer."""
+    header: dict[str, Any] = {"cmd": "put", "stream": True, "filename": name, "filesize": len(data),
+                              "offset": offset, "source": source, "more": more}
+    if mtime_ns is not None:
+        header["mtime_ns"] = mtime_ns
+    trailer = {"md5": digest or hashlib.md5(data).hexdigest()}
+    return raw_frame(header) + data[offset:] + raw_frame(trailer)
+
+
+def test_plan_creates_folders_and_tells_where_each_put_starts(sock: socket.socket,
+                                                              storage_root: Path) -> None:
+    (storage_root / "same.txt").write_bytes(b"hello")
+    os.utime(storage_root / "same.txt", ns=(1, 1_600_000_000_123_456_789))
+    (storage_root / "older.txt").write_bytes(b"hello")
+    (storage_root / "dir").mkdir()
+    reply = ask(sock, {"cmd": "plan", "folders": ["a", "a/b", "dir"], "files": [
+        {"name": "a/b/new.txt", "size": 3, "source": "s1", "mtime_ns": 5},
+        {"name": "same.txt", "size": 5, "source": "s2", "mtime_ns": 1_600_000_000_123_456_789},
+        {"name": "older.txt", "size": 5, "source": "s3", "mtime_ns": 7},
+        {"name": "same.txt", "size": 5, "source": "s4", "md5": hashlib.md5(b"hello").hexdigest()},
+        {"name": "dir", "size": 1, "source": "s5"},
+        {"name": "../out", "size": 1, "source": "s6"},
+    ]})
+    assert reply["ok"] is True
+    assert reply["folders"] == [None, None, None]
+    assert (storage_root / "a" / "b").is_dir()
+    offsets = [entry.get("offset", entry.get("error")) for entry in reply["files"]]
+    assert offsets == [0, 5, 0, 5, "is_directory", "forbidden"]
+
+
+def test_plan_tells_the_offset_of_a_partial_from_the_same_source(sock: socket.socket, port: int) -> None:
+    data = os.urandom(200_000)
+    header = {"cmd": "put", "filename": "big.bin", "filesize": len(data), "resume": True,
+              "source": "v1"}
+    assert ask(sock, header)["offset"] == 0
+    sock.sendall(data[:50_000])
+    sock.close()
+    with socket.create_connection((LOOPBACK, port), timeout=20) as again:
+        for _ in range(100):  # the server notices the cut a moment later
+            reply = ask(again, {"cmd": "plan", "files": [
+                {"name": "big.bin", "size": len(data), "source": "v1"},
+                {"name": "big.bin", "size": len(data), "source": "v2"}]})
+            if reply["files"][0]["offset"]:
+                break
+        assert reply["files"] == [{"offset": 50_000}, {"offset": 0}]
+        again.sendall(streamed("big.bin", data, more=False, offset=50_000, source="v1"))
+        assert recv_frame(again)["ok"] is True
+
+
+def test_streamed_puts_arrive_in_order_with_their_times(sock: socket.socket,
+                                                        storage_root: Path) -> None:
+    files = {f"f{i:03}.txt": os.urandom(i * 37) for i in range(60)}
+    stream = b"".join(streamed(name, data, more=i < len(files) - 1, mtime_ns=1_700_000_000_000_000_000 + i)
+                      for i, (name, data) in enumerate(files.items()))
+    sock.sendall(stream)  # all of it before reading a reply
+    replies = [recv_frame(sock) for _ in files]
+    assert [r["filename"] for r in replies] == [f"/{name}" for name in files]
+    assert all(r["ok"] and r["md5"] == hashlib.md5(files[r["filename"][1:]]).hexdigest()
+               for r in replies)
+    for i, (name, data) in enumerate(files.items()):
+        assert (storage_root / name).read_bytes() == data
+        assert (storage_root / name).stat().st_mtime_ns == 1_700_000_000_000_000_000 + i
+    assert not [p for p in storage_root.iterdir() if p.name.startswith(".")]
+
+
+def test_a_bad_file_in_a_stream_is_refused_in_its_place_and_the_rest_go_on(
+        sock: socket.socket, storage_root: Path) -> None:
+    good = os.urandom(1000)
+    stream = (streamed("one.bin", good, more=True)
+              + streamed("bad.bin", good, more=True, digest="0" * 32)            # wrong hash
+              + streamed("../escape.bin", good, more=True)                        # refused first
+              + streamed("stale.bin", good, more=True, offset=500)               # nothing held
+              + streamed("two.bin", good, more=False))
+    sock.sendall(stream)
+    replies = [recv_frame(sock) for _ in range(5)]
+    assert [r.get("error") for r in replies] == [None, "checksum", "forbidden", "stale_offset", None]
+    assert sorted(p.name for p in storage_root.iterdir()) == ["one.bin", "two.bin"]
+    assert ask(sock, {"cmd": "pwd"}) == {"ok": True, "path": "/"}  # still in step
+
+
+def test_held_replies_go_before_the_next_command(sock: socket.socket) -> None:
+    sock.sendall(streamed("a.txt", b"aaa", more=True) + raw_frame({"cmd": "ls"}))
+    assert recv_frame(sock)["filename"] == "/a.txt"
+    listing = recv_frame(sock)
+    assert [e["name"] for e in listing["entries"]] == ["a.txt"]
+
+
+def test_a_stream_whose_replies_are_never_read_is_still_committed(port: int,
+                                                                  storage_root: Path) -> None:
+    with socket.create_connection((LOOPBACK, port), timeout=20) as connection:
+        connection.sendall(streamed("x.txt", b"x" * 10, more=True) + streamed("y.txt", b"y", more=True))
+    deadline = time.monotonic() + 20
+    while not (storage_root / "y.txt").exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert (storage_root / "x.txt").read_bytes() == b"x" * 10
+    assert (storage_root / "y.txt").read_bytes() == b"y"
+
+
+def test_a_streamed_put_with_an_unreadable_size_ends_the_connection(sock: socket.socket) -> None:
+    sock.sendall(raw_frame({"cmd": "put", "stream": True, "filename": "x", "filesize": "ten",
+                            "source": "t"}))
+    assert recv_frame(sock)["error"] == "bad_request"
+    assert sock.recv(1) == b""
