@@ -253,7 +253,7 @@ class FTPHandler(socketserver.StreamRequestHandler):
             digest = self.server.digests.get(before, algorithm)
             hasher = None if digest else FileHasher(file, size, hash=algorithm)
             self.send(ok_reply(filename=vpath, filesize=size, offset=offset, source=tag,
-                               hash=algorithm))
+                               hash=algorithm, mtime_ns=before.st_mtime_ns))
             self.mid_body = True  # from here an error can only end the connection
             try:
                 send_body(self.connection, file, offset, size - offset)
