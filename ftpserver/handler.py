@@ -433,7 +433,7 @@ class FTPHandler(socketserver.StreamRequestHandler):
             raise ProtocolError(f"'folders' and 'files' must be lists of at most {PLAN_MAX} in all")
         algorithm = _hash_name(header)
         self.session.writable()
-        return ok_reply(folders=[self._planned(lambda: self._plan_folder(folder))
+        return ok_reply(hash=algorithm, folders=[self._planned(lambda: self._plan_folder(folder))
                                  for folder in folders],
                         files=[self._planned(lambda: self._plan_file(entry, algorithm))
                                for entry in files])
