@@ -186,9 +186,11 @@ class Upload:
     def commit(self, sync: bool = True) -> os.stat_result:
         """Put the complete, verified partial under its name; return that file's stat.
 
-        With ``sync``, the file and then its folder are flushed to disk, so the
-        name survives a power cut; without, the caller has flushed the file and
-        flushes the folder (:meth:`sync_folder`), as a group commit does.
+        With ``sync``, the file is flushed to disk first (its new name reaches the
+        disk with the file system's next journal commit; a power cut before that
+        leaves the complete partial, which a rerun commits without resending);
+        without, the caller has flushed it and flushes the folder after
+        (:meth:`sync_folder`), as a group commit does.
         Raises NotFound if its folder was moved or removed meanwhile (the partial
         stays, resumable at the folder's new place), QuotaExceeded if the file it
         was to replace went elsewhere and the account would end over its quota.
@@ -204,8 +206,6 @@ class Upload:
         self._done = True
         if self.ledger:
             self.ledger.add(-replaced)
-        if sync:
-            self.sync_folder()
         return info
 
     def sync_folder(self) -> None:
