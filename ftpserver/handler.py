@@ -289,6 +289,7 @@ class FTPHandler(socketserver.StreamRequestHandler):
         if source is not None and len(source) > MAX_SOURCE:
             raise ProtocolError(f"field 'source' is over {MAX_SOURCE} characters")
         restart = bool_field(header, "restart")
+        mtime_ns = int_field(header, "mtime_ns", None)
         with self.session.upload(name, size, source if resumable else None, restart,
                                  self.connection) as upload:
             vpath, offset = upload.vpath, upload.offset
@@ -312,6 +313,7 @@ class FTPHandler(socketserver.StreamRequestHandler):
                 upload.discard()
                 raise ChecksumError(f"checksum mismatch for {vpath}: received {algorithm} {digest}, "
                                     f"the client's is {declared}")
+            upload.set_mtime(mtime_ns)
             try:
                 info = upload.commit(sync=self.server.sync_uploads)
             except NotFound:  # its folder moved: the partial stays there, resumable
