@@ -6,6 +6,8 @@ server itself is the real one.
 """
 from __future__ import annotations
 
+import hashlib
+import os
 import socket
 import threading
 import time
@@ -13,9 +15,10 @@ from typing import Iterator
 
 import pytest
 
+from ftpserver.handler import FTPHandler
 from ftpserver.server import FTPServer
 
-from helpers import LOOPBACK, ask, recv_frame
+from helpers import LOOPBACK, ask, raw_frame, recv_frame
 from test_hardening import ServerFactory, closed_by_peer, make_server  # noqa: F401 (a fixture)
 
 
@@ -88,3 +91,38 @@ def test_one_address_cannot_take_every_slot(server: FTPServer, port: int,
             except OSError:
                 reply = {}
     assert reply == {"ok": True, "path": "/"}
+
+
+# -- time to send a header ---------------------------------------------------------------
+
+def test_a_header_trickled_in_is_cut_off(make_server: ServerFactory,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(FTPHandler, "header_timeout", 1.0)
+    port = make_server(idle_timeout=30).server_address[1]
+    frame = raw_frame({"cmd": "pwd", "pad": "x" * 40})  # 5 s at a byte per 0.1 s
+    with connect(port) as sock:
+        started = time.monotonic()
+        try:
+            for byte in frame:
+                sock.sendall(bytes([byte]))
+                time.sleep(0.1)
+        except OSError:  # the server hung up mid-header
+            pass
+        assert closed_by_peer(sock)
+        assert time.monotonic() - started < 3
+
+
+def test_header_time_limits_neither_idle_nor_body(make_server: ServerFactory,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(FTPHandler, "header_timeout", 0.5)
+    port = make_server(idle_timeout=30).server_address[1]
+    data = os.urandom(100_000)
+    with connect(port) as sock:
+        assert ask(sock, {"cmd": "pwd"})["ok"] is True
+        time.sleep(1)  # silent between requests: idle_timeout applies
+        reply = ask(sock, {"cmd": "put", "filename": "slow.bin", "filesize": len(data),
+                           "resume": True, "source": "s"})
+        assert reply["ok"] is True and reply["offset"] == 0
+        time.sleep(1)  # slow to start the body: idle_timeout applies
+        sock.sendall(data + raw_frame({"md5": hashlib.md5(data).hexdigest()}))
+        assert recv_frame(sock)["ok"] is True
