@@ -11,14 +11,18 @@ import os
 import socket
 import threading
 import time
+from pathlib import Path
 from typing import Iterator
 
 import pytest
 
+from ftpclient.client import Client
+from ftpserver import transfer
 from ftpserver.handler import FTPHandler
 from ftpserver.server import FTPServer
+from ftpserver.transfer import SMALL_BUFFER, BufferBudget
 
-from helpers import LOOPBACK, ask, raw_frame, recv_frame
+from helpers import LOOPBACK, ServerProcess, ask, md5_of, random_file, raw_frame, recv_frame
 from test_hardening import ServerFactory, closed_by_peer, make_server  # noqa: F401 (a fixture)
 
 
@@ -126,3 +130,83 @@ def test_header_time_limits_neither_idle_nor_body(make_server: ServerFactory,
         time.sleep(1)  # slow to start the body: idle_timeout applies
         sock.sendall(data + raw_frame({"md5": hashlib.md5(data).hexdigest()}))
         assert recv_frame(sock)["ok"] is True
+
+
+# -- buffer memory ---------------------------------------------------------------------
+
+MiB = 1 << 20
+
+
+def peak_rss(pid: int) -> int:
+    """A process's peak resident memory (VmHWM) in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM")
+
+
+def resumable(name: str, size: int) -> dict[str, object]:
+    return {"cmd": "put", "filename": name, "filesize": size, "resume": True, "source": "s"}
+
+
+def wait_for_partials(root: Path, count: int) -> None:
+    """Wait (10 s at most) until the server has started ``count`` partial uploads."""
+    deadline = time.monotonic() + 10
+    while len(list(root.glob(".*.ftp-partial"))) < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(list(root.glob(".*.ftp-partial"))) == count
+
+
+def test_stalled_puts_hold_no_buffers(server_process: ServerProcess, tmp_path: Path,
+                                      held: list[socket.socket]) -> None:
+    port = server_process.start().port
+    root = tmp_path / "storage"
+    resumed = 60
+    for i in range(resumed):  # partials to resume, as cut puts leave them
+        with connect(port) as sock:
+            assert ask(sock, resumable(f"r{i}.bin", 8 * MiB))["ok"] is True
+            sock.sendall(b"r" * 100_000)
+    wait_for_partials(root, resumed)
+    server_process.stop()  # measure a fresh process, with 16 MiB buffers
+    config = server_process.config
+    config.write_text(config.read_text() + "buffer_size: 16MiB\n")
+    port = server_process.start().port
+    for i in range(resumed):  # 60 resumed puts that send nothing after the offset reply
+        sock = connect(port, f"127.0.0.{2 + i // 10}")
+        held.append(sock)
+        assert ask(sock, resumable(f"r{i}.bin", 8 * MiB))["offset"] > 0
+    for i in range(40):  # 40 one-shot puts that send their header and nothing more
+        sock = connect(port, f"127.0.0.{10 + i // 10}")
+        held.append(sock)
+        sock.sendall(raw_frame({"cmd": "put", "filename": f"f{i}.bin", "filesize": 100 * MiB}))
+    wait_for_partials(root, resumed + 40)
+    time.sleep(0.5)  # what a put takes, it takes at once
+    assert peak_rss(server_process.pid) < 150 * MiB
+
+
+def test_a_spent_budget_gives_small_buffers() -> None:
+    budget = BufferBudget(3 * MiB)
+    big = budget.take(2 * MiB)
+    assert len(big) == 2 * MiB and budget.used == 2 * MiB
+    assert len(budget.take(2 * MiB)) == SMALL_BUFFER  # over the budget: small, at once
+    assert len(budget.take(1000)) == 1000 and budget.used == 2 * MiB  # small ones are free
+    del big
+    assert budget.used == 0
+    assert len(budget.take(3 * MiB)) == 3 * MiB
+
+
+@pytest.mark.parametrize("limit", [0, 256 * MiB], ids=["spent", "ample"])
+def test_transfers_within_the_buffer_budget(make_server: ServerFactory, local: Path,
+                                            monkeypatch: pytest.MonkeyPatch, limit: int) -> None:
+    budget = BufferBudget(limit)
+    monkeypatch.setattr(transfer, "BUFFERS", budget)
+    port = make_server(buffer_size=16 * MiB).server_address[1]
+    random_file(local / "big.bin", 20 * MiB + 1, seed=3)
+    with Client(LOOPBACK, port, timeout=30, buffer_size=16 * MiB) as client:
+        client.put(local / "big.bin")
+        client.get("big.bin", local / "back.bin")
+    assert md5_of(local / "back.bin") == md5_of(local / "big.bin")
+    deadline = time.monotonic() + 10  # the server's handler may still be finishing
+    while budget.used and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert budget.used == 0  # every buffer given back
