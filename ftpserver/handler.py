@@ -9,9 +9,11 @@ becomes an error reply with its code; anything else is logged and sent as
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import re
+import socket
 import socketserver
 import ssl
 import time
@@ -76,11 +78,30 @@ def _digest_field(header: dict[str, Any], name: str, required: bool = True) -> s
     return value.lower()
 
 
+class _Deadline:
+    """A socket's buffered reader whose reads all end by a deadline (TimeoutError after)."""
+
+    def __init__(self, stream: io.BufferedReader, sock: socket.socket, seconds: float) -> None:
+        self._stream, self._sock = stream, sock
+        self._end = time.monotonic() + seconds
+
+    def read(self, n: int) -> bytes:
+        """Return what arrives first, 1 to ``n`` bytes (none at the end of the stream)."""
+        left = self._end - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("timed out")
+        self._sock.settimeout(left)
+        return self._stream.read1(n)
+
+
 class FTPHandler(socketserver.StreamRequestHandler):
     """Serve one connection: any number of requests, one after another."""
 
     server: "FTPServer"
     disable_nagle_algorithm = True
+    #: Seconds a header may take to arrive once its first byte has (at most ``idle_timeout``):
+    #: a header trickled in a byte at a time must not hold its slot for ever.
+    header_timeout = 30.0
 
     def setup(self) -> None:
         self.timeout = self.server.config.idle_timeout
@@ -114,7 +135,7 @@ class FTPHandler(socketserver.StreamRequestHandler):
         log.debug("%s connected", peer)
         while True:
             try:
-                header = read_frame(self.rfile)
+                header = self._read_header()
             except FramingError as error:
                 self._send_quietly(error_reply(error))  # no way to resynchronise
                 return
@@ -152,6 +173,24 @@ class FTPHandler(socketserver.StreamRequestHandler):
                     self._send_quietly(reply)
                     return
                 self.send(reply)
+
+    def _read_header(self) -> dict[str, Any] | None:
+        """Read the next request header: its first byte within ``idle_timeout``, the
+        rest within ``header_timeout``.
+
+        Returns None at a clean end of stream; raises as :func:`read_frame` does, and
+        TimeoutError when time runs out.
+        """
+        if not self.rfile.peek(1):  # type: ignore[attr-defined]
+            return None
+        seconds = min(self.header_timeout, self.timeout)
+        try:
+            return read_frame(_Deadline(self.rfile, self.connection, seconds))  # type: ignore[arg-type]
+        except TimeoutError:
+            log.info("%s: header not complete within %g s: closing", self.client_address[0], seconds)
+            raise
+        finally:
+            self.connection.settimeout(self.timeout)
 
     def _log(self, peer: str, header: dict[str, Any], problem: str | None) -> None:
         """One line per command: who, what, on which path, how many bytes, how fast."""

@@ -13,7 +13,7 @@ import socket
 import socketserver
 import ssl
 import threading
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -142,7 +142,9 @@ class FTPServer(socketserver.ThreadingTCPServer):
         self.throttle = LoginThrottle()
         self.digests = DigestCache()
         self.claims = Claims()
-        self._connections = threading.BoundedSemaphore(config.max_connections)
+        #: Connections being served, by client address.
+        self._active: Counter[str] = Counter()
+        self._active_lock = threading.Lock()
         self._stopping = threading.Event()
         self.tls = _tls_context(config) if config.tls else None
         super().__init__((config.host, config.port), handler, bind_and_activate)
@@ -157,25 +159,53 @@ class FTPServer(socketserver.ThreadingTCPServer):
         return request, address
 
     def process_request(self, request: socket.socket, client_address: tuple) -> None:  # type: ignore[override]
-        """Hook: refuse a connection over ``max_connections`` with ``busy``."""
-        if not self._connections.acquire(blocking=False):
+        """Hook: refuse a connection over ``max_connections`` or ``max_per_address`` with
+        ``busy``; serve the others each in its own thread."""
+        host = client_address[0]
+        refusal = self._admit(host)
+        if refusal:
             # Answered from its own thread: a TLS handshake with a silent peer must not
             # hold up the accept loop.
-            threading.Thread(target=self._refuse, args=(request,), daemon=True).start()
+            try:
+                threading.Thread(target=self._refuse, args=(request, refusal), daemon=True).start()
+            except RuntimeError:
+                self.shutdown_request(request)
             return
-        super().process_request(request, client_address)
+        try:
+            super().process_request(request, client_address)
+        except Exception as error:  # no thread to be had (memory or thread limits)
+            self._release(host)
+            log.warning("%s: connection dropped, cannot start its thread: %s", host, error)
+            self.shutdown_request(request)
 
-    def _refuse(self, request: socket.socket) -> None:
+    def _admit(self, host: str) -> str | None:
+        """Count a new connection from ``host``; return why it is refused instead, or None."""
+        with self._active_lock:
+            if self._active.total() >= self.config.max_connections:
+                return "busy: too many connections, try again later"
+            if self._active[host] >= self.config.max_per_address:
+                return "busy: too many connections from your address"
+            self._active[host] += 1
+        return None
+
+    def _release(self, host: str) -> None:
+        """Uncount a connection that :meth:`_admit` counted (served, or never started)."""
+        with self._active_lock:
+            self._active[host] -= 1
+            if not self._active[host]:
+                del self._active[host]
+
+    def _refuse(self, request: socket.socket, message: str) -> None:
         request.settimeout(5)
         with contextlib.suppress(OSError):
-            request.sendall(encode_frame(error_reply(Busy("busy: too many connections, try again later"))))
+            request.sendall(encode_frame(error_reply(Busy(message))))
         self.shutdown_request(request)
 
     def process_request_thread(self, request: socket.socket, client_address: tuple) -> None:  # type: ignore[override]
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self._connections.release()
+            self._release(client_address[0])
 
     def serve_forever(self, poll_interval: float = 0.5) -> None:
         """Serve until :meth:`shutdown`, sweeping abandoned partial uploads meanwhile."""

@@ -5,6 +5,10 @@ Bodies travel in fixed buffers (memory stays flat whatever the size).  The hash
 :class:`FileHasher` thread that overlaps the network I/O.  Either can start
 from a saved :class:`~ftpserver.digest.Checkpoint`, so a resumed transfer need
 not hash again the bytes it already holds.
+
+Buffers are taken only once bytes are there to fill them (a stalled sender holds
+none), and large ones from a process-wide :class:`BufferBudget`: past it a
+transfer makes do with a small buffer rather than wait for memory.
 """
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ import os
 import queue
 import socket
 import threading
+import weakref
 from pathlib import Path
 from typing import BinaryIO, Callable, Union
 
@@ -20,7 +25,7 @@ from .errors import ConnectionLost
 from .protocol import HASH_BLOCK
 
 __all__ = ["FileHasher", "ReceivingDigest", "receiving_digest", "receive_body", "send_body", "Progress",
-           "CHECKPOINT_EVERY", "worth_saving"]
+           "CHECKPOINT_EVERY", "worth_saving", "BufferBudget", "BUFFERS", "SMALL_BUFFER"]
 
 #: Called with the number of bytes just moved.
 Progress = Callable[[int], None]
@@ -32,6 +37,54 @@ PASS_BLOCK = 256 * 1024
 PASS_MIN = 4 * 1024 * 1024
 #: Bytes per sendfile call: large enough to be cheap, small enough for a lively progress bar.
 SEND_SLICE = 4 * 1024 * 1024
+#: A buffer of at most this many bytes is always granted, outside the budget.
+SMALL_BUFFER = 64 * 1024
+
+
+class _Block(bytearray):
+    """A bytearray that can be watched (weakref) to give its bytes back to the budget."""
+
+
+class BufferBudget:
+    """A bound on the bytes of large transfer buffers held at once in the process.
+
+    A buffer that would go over it is made small (:data:`SMALL_BUFFER`) instead, so
+    a transfer never waits for memory; a large one gives its bytes back when freed.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        # Reentrant: a buffer freed by the garbage collector gives back from any frame.
+        self._lock = threading.RLock()
+
+    def take(self, size: int) -> memoryview:
+        """A zeroed buffer of ``size`` bytes, or of SMALL_BUFFER if the budget is spent."""
+        if size <= SMALL_BUFFER or not self._reserve(size):
+            return memoryview(bytearray(min(size, SMALL_BUFFER)))
+        try:
+            block = _Block(size)
+        except MemoryError:
+            self._give(size)
+            raise
+        weakref.finalize(block, self._give, size)
+        return memoryview(block)
+
+    def _reserve(self, size: int) -> bool:
+        with self._lock:
+            if self.used + size > self.limit:
+                return False
+            self.used += size
+            return True
+
+    def _give(self, size: int) -> None:
+        with self._lock:
+            self.used -= size
+
+
+#: The process's budget for large buffers: with the default buffer_size, some 170 large
+#: uploads at once receive into full-size buffers; any more, into small ones.
+BUFFERS = BufferBudget(128 * 1024 * 1024)
 
 
 def _hash_from(name: str, start: Checkpoint | None, savable: bool) -> Hash:
@@ -89,7 +142,7 @@ class FileHasher:
     def buffer(self) -> memoryview:
         """A buffer to receive into (the writer's; the hasher reads the file itself)."""
         if self._receive_buffer is None:
-            self._receive_buffer = memoryview(bytearray(HASH_BLOCK))
+            self._receive_buffer = BUFFERS.take(HASH_BLOCK)
         return self._receive_buffer
 
     def received(self, data: memoryview) -> None:
@@ -129,8 +182,9 @@ class FileHasher:
         """The state reached, once :meth:`cancel` or :meth:`result` has returned."""
         return self._digest.checkpoint()
 
-    def _wait_for(self, position: int) -> int:
-        """Block until bytes past ``position`` are written; return how many may be read."""
+    def _wait_for(self, position: int, block: bool = True) -> int | None:
+        """Block until bytes past ``position`` are written; return how many may be read
+        (0 once cancelled), or None rather than block if not ``block``."""
         with self._ready:
             while True:
                 if self._cancelled:
@@ -138,18 +192,26 @@ class FileHasher:
                 ready = min(self._available, self.size) - position
                 if ready >= HASH_BLOCK or position + ready >= self.size:
                     return min(ready, HASH_BLOCK)
+                if not block:
+                    return None
                 self._ready.wait()
 
     def _run(self) -> None:
         digest = self._digest
-        view = memoryview(bytearray(HASH_BLOCK))
+        view: memoryview | None = None
         position = digest.length
         try:
             while position < self.size:
-                # Stop at each checkpoint boundary, so the states reported lie on them.
-                want = min(self._wait_for(position), CHECKPOINT_EVERY - position % CHECKPOINT_EVERY)
-                if not want:
+                ready = self._wait_for(position, block=view is None)
+                if ready is None:  # waiting for the writer: hold no buffer meanwhile
+                    view = None
+                    continue
+                if not ready:
                     return
+                if view is None:
+                    view = BUFFERS.take(min(HASH_BLOCK, self.size - position))
+                # Stop at each checkpoint boundary, so the states reported lie on them.
+                want = min(ready, len(view), CHECKPOINT_EVERY - position % CHECKPOINT_EVERY)
                 got = os.preadv(self._fd, [view[:want]], position)
                 if not got:
                     raise EOFError(f"file ended at byte {position} of {self.size}")
@@ -172,9 +234,12 @@ class _InlineDigest:
 
     def __init__(self, digest: Hash, size: int) -> None:
         self._digest = digest
-        self._buffer = memoryview(bytearray(max(size, 1)))
+        self._size = max(size, 1)
+        self._buffer: memoryview | None = None
 
     def buffer(self) -> memoryview:
+        if self._buffer is None:
+            self._buffer = BUFFERS.take(self._size)
         return self._buffer
 
     def received(self, data: memoryview) -> None:
@@ -201,15 +266,18 @@ class _PassingDigest:
 
     def __init__(self, digest: Hash, block: int) -> None:
         self._digest = digest
+        self._block = block
         self._free: queue.SimpleQueue[memoryview] = queue.SimpleQueue()
-        for _ in range(self.POOL):
-            self._free.put(memoryview(bytearray(block)))
         self._full: queue.SimpleQueue[memoryview | None] = queue.SimpleQueue()
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="hash", daemon=True)
-        self._thread.start()
+        self._thread: threading.Thread | None = None
 
     def buffer(self) -> memoryview:
+        if self._thread is None:  # the first bytes are in: now the pool and helper pay
+            for _ in range(self.POOL):
+                self._free.put(BUFFERS.take(self._block))
+            self._thread = threading.Thread(target=self._run, name="hash", daemon=True)
+            self._thread.start()
         return self._free.get()
 
     def received(self, data: memoryview) -> None:
@@ -228,7 +296,7 @@ class _PassingDigest:
             self._free.put(memoryview(data.obj))  # type: ignore[arg-type]
 
     def _finish(self) -> None:
-        if self._thread.is_alive():
+        if self._thread and self._thread.is_alive():
             self._full.put(None)
             self._thread.join()
 
@@ -266,8 +334,8 @@ def receiving_digest(path: str | Path, size: int, offset: int, start: Checkpoint
     if offset == 0 or (start and start.offset == offset):
         digest = _hash_from(hash, start if offset else None, worth_saving(size))
         if digest.length == offset:
-            if size - offset > PASS_MIN:
-                return _PassingDigest(digest, max(buffer_size, PASS_BLOCK))
+            if size - offset > PASS_MIN:  # no buffer larger than the body
+                return _PassingDigest(digest, min(max(buffer_size, PASS_BLOCK), size - offset))
             return _InlineDigest(digest, min(buffer_size, size - offset))
     return FileHasher(path, size, available=offset,
                       start=start if start and start.offset < offset else None, hash=hash,
@@ -287,6 +355,9 @@ def receive_body(stream: BinaryIO, file: BinaryIO, count: int, buffer_size: int,
     # so bytes received before a stall or a cut are written, not lost.
     read = getattr(stream, "readinto1", None) or stream.readinto  # type: ignore[attr-defined]
     remaining = count
+    if not remaining:
+        return
+    _await_body(stream, remaining)
     filled = 0
     view = digest.buffer()
     try:
@@ -295,10 +366,9 @@ def receive_body(stream: BinaryIO, file: BinaryIO, count: int, buffer_size: int,
             try:
                 got = read(view[filled:filled + want])
             except OSError as error:
-                raise ConnectionLost(f"connection lost with {remaining} bytes of the body missing: "
-                                     f"{error.strerror or error}") from None
+                raise _lost(remaining, error) from None
             if not got:
-                raise ConnectionLost(f"connection closed with {remaining} bytes of the body missing")
+                raise _lost(remaining)
             _write_all(file, view[filled:filled + got])
             filled += got
             remaining -= got
@@ -311,6 +381,29 @@ def receive_body(stream: BinaryIO, file: BinaryIO, count: int, buffer_size: int,
     finally:
         if filled:
             digest.received(view[:filled])
+
+
+def _await_body(stream: BinaryIO, remaining: int) -> None:
+    """Block until the body's first bytes are in (so a stalled sender holds no buffer).
+
+    Raises ConnectionLost if the stream ends or fails first.
+    """
+    peek = getattr(stream, "peek", None)
+    if peek is None:
+        return
+    try:
+        if peek(1):
+            return
+    except OSError as error:
+        raise _lost(remaining, error) from None
+    raise _lost(remaining)
+
+
+def _lost(remaining: int, error: OSError | None = None) -> ConnectionLost:
+    if error is None:
+        return ConnectionLost(f"connection closed with {remaining} bytes of the body missing")
+    return ConnectionLost(f"connection lost with {remaining} bytes of the body missing: "
+                          f"{error.strerror or error}")
 
 
 def _write_all(file: BinaryIO, data: memoryview) -> None:
