@@ -23,6 +23,7 @@ from ftpserver.errors import FTPError
 from .cli import transfer
 from .client import Client
 from .listing import format_columns, format_long
+from .names import shown
 
 __all__ = ["FTPShell", "run_shell"]
 
@@ -39,9 +40,11 @@ def _command(method: Callable[["FTPShell", list[str]], None]) -> Callable[["FTPS
         except FTPError as error:
             self.fail(str(error))
         except OSError as error:
-            self.fail(f"{error.filename or ''}: {error.strerror or error}".lstrip(": "))
+            name = shown(str(error.filename)) if error.filename else ""
+            self.fail(f"{name}: {error.strerror or error}".lstrip(": "))
         except KeyboardInterrupt:
-            self.fail("interrupted; run the same command again to resume")
+            moving = method.__name__ in ("do_put", "do_get")
+            self.fail("interrupted" + ("; run the same command again to resume" if moving else ""))
     run.__name__, run.__doc__ = method.__name__, method.__doc__
     return run
 
@@ -99,30 +102,33 @@ class FTPShell(cmd.Cmd):
     # -- transfers ----------------------------------------------------------
 
     def _transfer(self, args: list[str], upload: bool) -> None:
-        flags, paths = _options(args, "-r --restart")
+        flags, paths = _options(args, "-r --restart -v")
         if not paths:
-            raise ValueError("usage: put [-r] [--restart] LOCAL... [REMOTE]" if upload else
-                             "usage: get [-r] [--restart] REMOTE... [LOCAL]")
+            raise ValueError("usage: put [-r] [-v] [--restart] LOCAL... [REMOTE]" if upload else
+                             "usage: get [-r] [-v] [--restart] REMOTE... [LOCAL]")
         if not transfer(self.client, paths, upload, recursive="-r" in flags,
-                        restart="--restart" in flags, quiet=self.quiet, out=self.stdout):
+                        restart="--restart" in flags, quiet=self.quiet, verbose="-v" in flags,
+                        out=self.stdout):
             self.failures += 1
 
     @_command
     def do_put(self, args: list[str]) -> None:
-        """put [-r] [--restart] LOCAL... [REMOTE]: upload files, patterns or (-r) folders.
+        """put [-r] [-v] [--restart] LOCAL... [REMOTE]: upload files, patterns or (-r) folders.
 
         With one LOCAL, REMOTE is its new name or a folder to put it in; with
         several, the last argument is the remote folder.  An interrupted upload
-        resumes when run again; --restart starts from zero."""
+        resumes when run again; --restart starts from zero; -v lists every
+        file that failed."""
         self._transfer(args, upload=True)
 
     @_command
     def do_get(self, args: list[str]) -> None:
-        """get [-r] [--restart] REMOTE... [LOCAL]: download files, patterns ('*.iso') or (-r) folders.
+        """get [-r] [-v] [--restart] REMOTE... [LOCAL]: download files, patterns ('*.iso') or (-r) folders.
 
         With one REMOTE, LOCAL is its new name or a folder to put it in; with
         several, the last argument is the local folder.  An interrupted download
-        resumes when run again; --restart starts from zero."""
+        resumes when run again; --restart starts from zero; -v lists every
+        file that failed."""
         self._transfer(args, upload=False)
 
     # -- remote commands ------------------------------------------------------
@@ -172,12 +178,12 @@ class FTPShell(cmd.Cmd):
     def do_lcd(self, args: list[str]) -> None:
         """lcd [LOCAL_DIR]: change the local folder (no argument: your home)."""
         os.chdir(os.path.expanduser(args[0] if args else "~"))
-        self.say(os.getcwd())
+        self.say(shown(os.getcwd()))
 
     @_command
     def do_lpwd(self, args: list[str]) -> None:
         """lpwd: print the local folder."""
-        self.say(os.getcwd())
+        self.say(shown(os.getcwd()))
 
     @_command
     def do_lls(self, args: list[str]) -> None:

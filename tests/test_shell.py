@@ -223,7 +223,7 @@ def test_help_lists_commands(sh: Session) -> None:
 
 def test_help_command_prints_its_docstring(sh: Session) -> None:
     text = sh.ok("help put")
-    assert text.startswith("put [-r] [--restart] LOCAL... [REMOTE]"), text
+    assert text.startswith("put [-r] [-v] [--restart] LOCAL... [REMOTE]"), text
     assert "resumes" in text
     assert "several" in text
     assert sh.ok("help lcd").startswith("lcd [LOCAL_DIR]")
