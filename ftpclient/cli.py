@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from typing import Callable, Sequence, TextIO
@@ -122,7 +123,11 @@ def _password() -> str:
         raise LocalError("no password: set FTP_PASSWORD or run from a terminal") from None
     try:
         return getpass.getpass("Password: ")
-    except EOFError:  # Ctrl-D at the prompt
+    except (EOFError, KeyboardInterrupt) as error:  # Ctrl-D or Ctrl-C at the prompt
+        with contextlib.suppress(OSError), open("/dev/tty", "w") as tty:
+            tty.write("\n")  # end the prompt's line
+        if isinstance(error, KeyboardInterrupt):
+            raise
         raise LocalError("no password given") from None
 
 

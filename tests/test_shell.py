@@ -25,7 +25,7 @@ import pytest
 from ftpclient.client import Client
 from ftpclient.shell import FTPShell
 
-from helpers import LOOPBACK, md5_of, random_file, run_cli
+from helpers import LOOPBACK, ServerProcess, md5_of, random_file, run_cli
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -607,3 +607,22 @@ def test_shell_reconnects_after_the_server_closed_an_idle_connection(storage_roo
         srv.shutdown()
         srv.server_close()
         thread.join(5)
+
+
+def test_shell_says_unreachable_until_the_server_is_back(server_process: ServerProcess) -> None:
+    server_process.start()
+    port = server_process.port
+    again = ServerProcess(server_process.config, port=port)
+    try:
+        with Client(LOOPBACK, port, timeout=10) as client:
+            sh = Session(client)
+            sh.ok("mkdir kept")
+            sh.ok("cd kept")
+            server_process.stop()
+            for _ in range(3):  # the same message every time, no state left over
+                line = sh.error("pwd")
+                assert line.startswith(f"error: server unreachable at {LOOPBACK}:{port}: "), line
+            again.start()
+            assert sh.ok("pwd").strip() == "/kept"  # reconnected, same folder
+    finally:
+        again.stop()
