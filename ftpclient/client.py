@@ -371,8 +371,8 @@ class Client:
         except (OSError, EOFError):
             self._abort()
             raise LocalError(f"{path} changed during the upload; run the command again") from None
-        self._write({name: digest})
         try:
+            self._write({name: digest})
             final = self._end_of_body()  # a ChecksumError makes put() retry with restart
         except ConnectionLost as error:
             raise _resumable(error) from None
