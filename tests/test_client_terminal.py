@@ -1,5 +1,6 @@
 """The real ``ftpclient`` in a pseudo-terminal: the password prompt, the batch bar
-after Ctrl-C, and the hashing bar while a file already there is checked.
+after Ctrl-C, and the hashing bar while a file already there is checked; and the
+library's hashing callback while a resume hashes the bytes it holds again.
 """
 from __future__ import annotations
 
@@ -19,7 +20,10 @@ from typing import Iterator
 
 import pytest
 
-from helpers import LOOPBACK, random_file, run_cli
+from ftpclient.client import Client
+from ftpserver.digest import version_tag
+
+from helpers import LOOPBACK, CuttingProxy, md5_of, random_file, run_cli
 from test_shell import WITH_CONTROLLING_TTY, Terminal
 
 MiB = 1024 * 1024
@@ -192,3 +196,58 @@ def test_hashing_bar_while_checking_a_file_already_there(spawn: type[Spawned], p
     assert status == 0 and "hashing" not in text and "%" not in text, text
     piped = run_cli(port, command, "big.bin", cwd=local)  # stderr not a terminal: no bar
     assert piped.returncode == 0 and "hashing" not in piped.stderr, piped.stderr
+
+
+# -- a resume that hashes again what it holds ---------------------------------------------
+
+BIG = 64 * MiB
+HELD = BIG - 64 * 1024  # the rest arrives long before the held bytes are hashed again
+
+
+class Calls:
+    """A progress callback that records its calls."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, int]] = []
+
+    def __call__(self, done: int, total: int) -> None:
+        self.calls.append((done, total))
+
+
+def assert_hashing_reported(hashing: Calls, progress: Calls) -> None:
+    assert progress.calls[0][0] > 0  # it resumed
+    assert hashing.calls, "no hashing progress while the held bytes were hashed again"
+    assert any(done < BIG for done, _ in hashing.calls), hashing.calls
+    assert hashing.calls[-1] == (BIG, BIG)
+
+
+def test_get_resume_without_a_saved_state_reports_hashing(client: Client, storage_root: Path,
+                                                          local: Path) -> None:
+    random_file(storage_root / "big.bin", BIG, seed=3)
+    with open(storage_root / "big.bin", "rb") as source, \
+            open(local / "big.bin.ftp-partial", "wb") as partial:
+        partial.write(source.read(HELD))
+    tag = version_tag(os.stat(storage_root / "big.bin"))  # no hash state: held bytes re-hashed
+    (local / "big.bin.ftp-partial.json").write_text(
+        f'{{"remote": "/big.bin", "source": "{tag}", "filesize": {BIG}}}')
+    client.stat("big.bin", md5=True)  # the server remembers it: its trailer comes at once
+    hashing, progress = Calls(), Calls()
+    result = client.get("big.bin", local / "big.bin", progress=progress, hashing=hashing)
+    assert result.offset == HELD
+    assert md5_of(local / "big.bin") == md5_of(storage_root / "big.bin")
+    assert_hashing_reported(hashing, progress)
+
+
+def test_put_resume_without_saved_states_reports_hashing(port: int, storage_root: Path,
+                                                         local: Path, cache_home: Path) -> None:
+    random_file(local / "big.bin", BIG, seed=4)
+    with CuttingProxy(port, cut_after_up=HELD) as proxy:
+        assert run_cli(proxy.port, "put", "big.bin", cwd=local).returncode != 0
+    for log in cache_home.rglob("*.log"):  # the client's hash states: gone, so it hashes again
+        log.unlink()
+    hashing, progress = Calls(), Calls()
+    with Client(LOOPBACK, port, timeout=30) as client:
+        result = client.put(local / "big.bin", progress=progress, hashing=hashing)
+    assert 0 < result.offset < BIG
+    assert md5_of(storage_root / "big.bin") == md5_of(local / "big.bin")
+    assert_hashing_reported(hashing, progress)
