@@ -16,7 +16,7 @@ import os
 import shlex
 import sys
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import IO, Callable
 
 from ftpserver.errors import FTPError
 

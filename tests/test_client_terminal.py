@@ -4,19 +4,11 @@ library's hashing callback while a resume hashes the bytes it holds again.
 """
 from __future__ import annotations
 
-import fcntl
 import os
 import re
-import select
-import socket
-import struct
 import subprocess
 import sys
-import termios
-import threading
-import time
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -24,51 +16,21 @@ from ftpclient.client import Client
 from ftpserver.digest import version_tag
 
 from helpers import LOOPBACK, CuttingProxy, md5_of, random_file, run_cli
-from test_shell import WITH_CONTROLLING_TTY, Terminal
+from test_shell import WITH_CONTROLLING_TTY, SlowProxy, Terminal, in_pty
 
 MiB = 1024 * 1024
 
 
-class Spawned:
-    """``ftpclient ARGS`` with a pty as its controlling terminal (^C sends SIGINT)."""
-
-    def __init__(self, port: int, *args: str, cwd: Path, env: dict[str, str] | None = None) -> None:
-        master, slave = os.openpty()
-        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
-        environ = {**os.environ, "TERM": "dumb", "COLUMNS": "100", "LINES": "24", **(env or {})}
-        environ.pop("FTP_PASSWORD", None)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", WITH_CONTROLLING_TTY, "-H", LOOPBACK, "-p", str(port), *args],
-            stdin=slave, stdout=slave, stderr=slave, cwd=cwd, env=environ, start_new_session=True)
-        os.close(slave)
-        self.master = master
-        self.term = Terminal(master)
-
-    def finish(self, timeout: float = 15) -> tuple[int, str]:
-        """Wait for the exit; return the status and everything written, bars' bytes included."""
-        status = self.proc.wait(timeout)
-        self.term.drain(0.5)
-        return status, self.term.buffer.decode("utf-8", "replace")
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-        os.close(self.master)
+def ftpclient_on_tty(port: int, *args: str) -> list[str]:
+    """``ftpclient ARGS`` with its pty as controlling terminal (^C sends SIGINT, getpass works)."""
+    return [sys.executable, "-c", WITH_CONTROLLING_TTY, "-H", LOOPBACK, "-p", str(port), *args]
 
 
-@pytest.fixture
-def spawn() -> Iterator[type[Spawned]]:
-    started: list[Spawned] = []
-
-    class Tracked(Spawned):
-        def __init__(self, *args: object, **kwargs: object) -> None:
-            super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-            started.append(self)
-
-    yield Tracked
-    for one in started:
-        one.close()
+def finish(proc: subprocess.Popen[bytes], term: Terminal, timeout: float = 15) -> tuple[int, str]:
+    """Wait for the exit; return the status and everything written, bars' bytes included."""
+    status = proc.wait(timeout)
+    term.drain(0.5)
+    return status, term.buffer.decode("utf-8", "replace")
 
 
 # -- the password prompt ------------------------------------------------------------------
@@ -76,13 +38,13 @@ def spawn() -> Iterator[type[Spawned]]:
 
 @pytest.mark.parametrize("key, status, says", [("\x03", 130, "ftpclient: interrupted"),
                                                ("\x04", 1, "ftpclient: no password given")])
-def test_password_prompt_ctrl_c_and_ctrl_d(spawn: type[Spawned], port: int, local: Path,
-                                           key: str, status: int, says: str) -> None:
-    client = spawn(port, "-u", "alice", "ls", cwd=local)
-    client.term.read_until(b"Password: ", timeout=15)
-    client.term.drain(0.2)  # getpass has turned echo off and waits
-    client.term.send(key)
-    got, text = client.finish()
+def test_password_prompt_ctrl_c_and_ctrl_d(port: int, local: Path, key: str, status: int,
+                                           says: str) -> None:
+    with in_pty(ftpclient_on_tty(port, "-u", "alice", "ls"), local) as (proc, term):
+        term.read_until(b"Password: ", timeout=15)
+        term.drain(0.2)  # getpass has turned echo off and waits
+        term.send(key)
+        got, text = finish(proc, term)
     assert got == status, text
     last = text.strip().splitlines()[-1]
     assert last.strip("^C").strip() == says, text  # nothing to resume, no "run from a terminal"
@@ -92,76 +54,26 @@ def test_password_prompt_ctrl_c_and_ctrl_d(spawn: type[Spawned], port: int, loca
 # -- the batch bar after Ctrl-C -------------------------------------------------------------
 
 
-class ThrottledProxy:
-    """A loopback proxy holding the server->client (``down``) or client->server bytes
-    to ``rate`` bytes/s."""
-
-    def __init__(self, target_port: int, rate: float, down: bool) -> None:
-        self.target_port, self.rate, self.down = target_port, rate, down
-        self.listener = socket.create_server((LOOPBACK, 0))
-        self.listener.settimeout(0.2)
-        self.port = self.listener.getsockname()[1]
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-        self._thread.start()
-
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            threading.Thread(target=self._pipe, args=(conn,), daemon=True).start()
-
-    def _pipe(self, client: socket.socket) -> None:
-        server = socket.create_connection((LOOPBACK, self.target_port))
-        peer = {client: server, server: client}
-        slow = server if self.down else client
-        deadline = time.monotonic() + 60
-        try:
-            while not self._stop.is_set() and time.monotonic() < deadline:
-                readable, _, _ = select.select([client, server], [], [], 0.2)
-                for sock in readable:
-                    data = sock.recv(16 * 1024)
-                    if not data:
-                        return
-                    peer[sock].sendall(data)
-                    if sock is slow:
-                        time.sleep(len(data) / self.rate)
-        except OSError:
-            return
-        finally:
-            for sock in (client, server):
-                sock.close()
-
-    def close(self) -> None:
-        self._stop.set()
-        self.listener.close()
-        self._thread.join(5)
-
-
 FILES = 4
 SIZE = 4 * MiB
 OVERALL = re.compile(r"(\d)/4 files: +(\d+)%\|[^|]*\| *([\d.]+)M/16\.0M")
 
 
 @pytest.mark.parametrize("command", ["put", "get"])
-def test_ctrl_c_leaves_the_overall_bar_at_what_was_done(spawn: type[Spawned], port: int,
-                                                        storage_root: Path, local: Path,
+def test_ctrl_c_leaves_the_overall_bar_at_what_was_done(port: int, storage_root: Path, local: Path,
                                                         command: str) -> None:
     source = (local if command == "put" else storage_root) / "tree"
     source.mkdir()
     for n in range(FILES):
         random_file(source / f"f{n}.bin", SIZE, seed=n)
-    proxy = ThrottledProxy(port, rate=4 * MiB, down=command == "get")
+    proxy = SlowProxy(port, rate=4 * MiB, down=command == "get")
     try:
-        client = spawn(proxy.port, command, "-r", "tree", "copy", cwd=local)
-        client.term.read_until(b"1/4 files", timeout=20)  # the first file is done
-        client.term.drain(0.3)
-        client.term.send("\x03")
-        status, text = client.finish()
+        with in_pty(ftpclient_on_tty(proxy.port, command, "-r", "tree", "copy"), local,
+                    columns=100) as (proc, term):
+            term.read_until(b"1/4 files", timeout=20)  # the first file is done
+            term.drain(0.3)
+            term.send("\x03")
+            status, text = finish(proc, term)
     finally:
         proxy.close()
     assert status == 130, text
@@ -179,20 +91,19 @@ def test_ctrl_c_leaves_the_overall_bar_at_what_was_done(spawn: type[Spawned], po
 
 
 @pytest.mark.parametrize("command", ["put", "get"])
-def test_hashing_bar_while_checking_a_file_already_there(spawn: type[Spawned], port: int,
-                                                         storage_root: Path, local: Path,
-                                                         command: str) -> None:
+def test_hashing_bar_while_checking_a_file_already_there(port: int, storage_root: Path,
+                                                         local: Path, command: str) -> None:
     random_file(local / "big.bin", 40 * MiB, seed=1)
     assert run_cli(port, "put", "big.bin", cwd=local).returncode == 0
-    client = spawn(port, command, "big.bin", cwd=local)
-    status, text = client.finish(timeout=30)
+    with in_pty(ftpclient_on_tty(port, command, "big.bin"), local, columns=100) as (proc, term):
+        status, text = finish(proc, term, timeout=30)
     assert status == 0, text
     assert re.search(r"hashing big\.bin: +100%\|", text), text
     word = "sent" if command == "put" else "received"
     assert f"big.bin: already there and identical, nothing {word}" in text, text
 
-    quiet = spawn(port, "-q", command, "big.bin", cwd=local)
-    status, text = quiet.finish(timeout=30)
+    with in_pty(ftpclient_on_tty(port, "-q", command, "big.bin"), local) as (proc, term):
+        status, text = finish(proc, term, timeout=30)
     assert status == 0 and "hashing" not in text and "%" not in text, text
     piped = run_cli(port, command, "big.bin", cwd=local)  # stderr not a terminal: no bar
     assert piped.returncode == 0 and "hashing" not in piped.stderr, piped.stderr

@@ -3,6 +3,7 @@ the real ``ftpclient`` shell fed by a pipe, and once in a pseudo-terminal.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import io
@@ -412,18 +413,36 @@ class Terminal:
         os.write(self.fd, text.encode())
 
 
+@contextlib.contextmanager
+def in_pty(args: list[str], cwd: Path, home: Path | None = None,
+           columns: int = 80) -> Iterator[tuple[subprocess.Popen[bytes], Terminal]]:
+    """Run ``args`` on a new pseudo-terminal (with no FTP_PASSWORD: a person types it);
+    kill it at the end if it still runs."""
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+    env = {**os.environ, "TERM": "dumb", "COLUMNS": str(columns), "LINES": "24",
+           **({"HOME": str(home)} if home else {})}
+    env.pop("PYTHONSTARTUP", None)
+    env.pop("FTP_PASSWORD", None)
+    proc = subprocess.Popen(args, stdin=slave, stdout=slave, stderr=slave, cwd=cwd, env=env,
+                            start_new_session=True)
+    os.close(slave)
+    try:
+        yield proc, Terminal(master)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        os.close(master)
+
+
+def shell_command(port: int) -> list[str]:
+    return [sys.executable, "-m", "ftpclient", "-H", LOOPBACK, "-p", str(port)]
+
+
 def test_real_shell_in_a_pty(port: int, storage_root: Path, local: Path, tmp_path: Path) -> None:
     random_file(local / "big.bin", 20 * MiB, seed=6)
-    master, slave = os.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
-    env = {**os.environ, "TERM": "dumb", "COLUMNS": "80", "LINES": "24", "HOME": str(tmp_path)}
-    env.pop("PYTHONSTARTUP", None)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ftpclient", "-H", LOOPBACK, "-p", str(port)],
-        stdin=slave, stdout=slave, stderr=slave, cwd=local, env=env, start_new_session=True)
-    os.close(slave)
-    term = Terminal(master)
-    try:
+    with in_pty(shell_command(port), local, home=tmp_path) as (proc, term):
         banner = term.read_until(b"ftp> ", timeout=15)
         assert b"Connected" in banner
 
@@ -447,11 +466,6 @@ def test_real_shell_in_a_pty(port: int, storage_root: Path, local: Path, tmp_pat
         term.send("quit\n")
         assert proc.wait(timeout=10) == 0
         term.drain(1)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-        os.close(master)
     assert (tmp_path / ".ftpclient_history").is_file()  # readline history kept in HOME
     assert "put big.bin" in (tmp_path / ".ftpclient_history").read_text()
 
@@ -459,23 +473,14 @@ def test_real_shell_in_a_pty(port: int, storage_root: Path, local: Path, tmp_pat
 def test_tab_completion_in_a_pty(port: int, storage_root: Path, local: Path, tmp_path: Path) -> None:
     (storage_root / "dir with spaces").mkdir()
     (storage_root / "my file.txt").write_text("mine")
-    master, slave = os.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
-    env = {**os.environ, "TERM": "dumb", "COLUMNS": "80", "LINES": "24", "HOME": str(tmp_path)}
-    env.pop("PYTHONSTARTUP", None)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ftpclient", "-H", LOOPBACK, "-p", str(port)],
-        stdin=slave, stdout=slave, stderr=slave, cwd=local, env=env, start_new_session=True)
-    os.close(slave)
-    term = Terminal(master)
+    with in_pty(shell_command(port), local, home=tmp_path) as (proc, term):
 
-    def typed(keys: str) -> str:
-        """Type a line (tabs included) and return what the shell printed for it."""
-        mark = len(term.buffer)
-        term.send(keys)
-        return term.read_until(b"ftp> ", timeout=15, start=mark).decode("utf-8", "replace")
+        def typed(keys: str) -> str:
+            """Type a line (tabs included) and return what the shell printed for it."""
+            mark = len(term.buffer)
+            term.send(keys)
+            return term.read_until(b"ftp> ", timeout=15, start=mark).decode("utf-8", "replace")
 
-    try:
         term.read_until(b"ftp> ", timeout=15)
         for keys in ('cd "dir\t\n', "cd /\n", "cd dir\t\n", "cd /\n", "cd /di\t\n"):
             assert "error" not in typed(keys)
@@ -485,18 +490,14 @@ def test_tab_completion_in_a_pty(port: int, storage_root: Path, local: Path, tmp
         assert (local / "my file.txt").read_text() == "mine"
         term.send("quit\n")
         assert proc.wait(timeout=10) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-        os.close(master)
 
 
 class SlowProxy:
-    """A loopback proxy that holds client->server traffic to ``rate`` bytes/s, counting it per connection."""
+    """A loopback proxy that holds client->server traffic (server->client with ``down``)
+    to ``rate`` bytes/s, counting client->server bytes per connection."""
 
-    def __init__(self, target_port: int, rate: float) -> None:
-        self.target_port, self.rate = target_port, rate
+    def __init__(self, target_port: int, rate: float, down: bool = False) -> None:
+        self.target_port, self.rate, self.down = target_port, rate, down
         self.ups: list[list[int]] = []
         self.listener = socket.create_server((LOOPBACK, 0))
         self.listener.settimeout(0.2)
@@ -520,6 +521,7 @@ class SlowProxy:
         up = [0]
         self.ups.append(up)
         peer = {client: server, server: client}
+        slow = server if self.down else client
         deadline = time.monotonic() + 60
         try:
             while not self._stop.is_set() and time.monotonic() < deadline:
@@ -531,6 +533,7 @@ class SlowProxy:
                     peer[sock].sendall(data)
                     if sock is client:
                         up[0] += len(data)
+                    if sock is slow:
                         time.sleep(len(data) / self.rate)
         except OSError:
             return
