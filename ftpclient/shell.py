@@ -52,10 +52,11 @@ def _command(method: Callable[["FTPShell", list[str]], None]) -> Callable[["FTPS
 def split_line(line: str) -> list[str]:
     """Split a command line as a POSIX shell does (quotes, backslashes).
 
-    A quote left open at the end is closed, as completion leaves it after a
-    folder's name.  Raises ValueError for a line ending in a lone backslash.
+    A quote left open after a folder's name (``cd "my dir/``) is closed, as
+    completion leaves it so.  Raises ValueError for any other open quote, or a
+    line ending in a lone backslash.
     """
-    quote = _partial_word(line)[2]
+    quote = _partial_word(line)[2] if line.endswith("/") else None
     return shlex.split(line + (quote or ""))
 
 

@@ -185,7 +185,9 @@ def test_put_and_get_follow_lcd(sh: Session, storage_root: Path, local: Path) ->
     ("get", "usage"),
     ("ls -z", "unknown option -z"),
     ("put --bogus x", "unknown option --bogus"),
-    ("put x\\", "escaped"),  # a quote left open is closed: completion leaves it so
+    ('put "unclosed', "quotation"),
+    ("mkdir it's", "quotation"),
+    ("put x\\", "escaped"),
     ("cd no-such-folder", "no-such-folder"),
     ("get no-such-file", "no-such-file"),
     ("put no-such-file", "no-such-file"),
