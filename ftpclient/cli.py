@@ -2,16 +2,18 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from typing import Callable, Sequence, TextIO
 
 from ftpserver import __version__
 from ftpserver.digest import HASHES
-from ftpserver.errors import FTPError, LocalError
+from ftpserver.errors import FTPError, IsADirectory, LocalError
 
 from .client import DEFAULT_PORT, Client
 from .listing import format_columns, format_json, format_long
+from .names import shown
 from .progress import BatchBar, ProgressBar
 
 __all__ = ["main", "connect", "transfer"]
@@ -26,12 +28,23 @@ An interrupted put or get resumes when run again; --restart starts from zero.
 """
 
 
+def _port(text: str) -> int:
+    """argparse type of a TCP port."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = 0
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number from 1 to 65535, got {text!r}")
+    return port
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ftpclient", description="Move files to and from an ftpserver.", epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-H", "--host", default="127.0.0.1", help="server address (default 127.0.0.1)")
-    parser.add_argument("-p", "--port", type=int, default=DEFAULT_PORT, help=f"server port (default {DEFAULT_PORT})")
+    parser.add_argument("-p", "--port", type=_port, default=DEFAULT_PORT, help=f"server port (default {DEFAULT_PORT})")
     parser.add_argument("-u", "--user", help="log in as USER (password from FTP_PASSWORD or a prompt)")
     parser.add_argument("--tls", action="store_true", help="connect with TLS (the server needs tls: in config.yaml)")
     parser.add_argument("--cafile", metavar="FILE", help="trust this certificate (implies --tls)")
@@ -53,6 +66,7 @@ def _parser() -> argparse.ArgumentParser:
                           "argument naming the remote folder")
     put.add_argument("-r", "--recursive", action="store_true", help="copy folders and all they hold")
     put.add_argument("--restart", action="store_true", help="start from zero, not from a partial upload")
+    put.add_argument("-v", "--verbose", action="store_true", help="list every file that failed")
     get = command("get", "download files (several, patterns like '*.iso', or folders with -r)",
                   "ftpclient get docs/report.pdf ~/Downloads/\n  ftpclient get '*.iso'")
     get.add_argument("paths", metavar="REMOTE [LOCAL]", nargs="+",
@@ -60,6 +74,7 @@ def _parser() -> argparse.ArgumentParser:
                           "argument naming the local folder")
     get.add_argument("-r", "--recursive", action="store_true", help="copy folders and all they hold")
     get.add_argument("--restart", action="store_true", help="start from zero, not from a partial download")
+    get.add_argument("-v", "--verbose", action="store_true", help="list every file that failed")
     ls = command("ls", "list a remote folder", "ftpclient ls -l docs")
     ls.add_argument("path", metavar="REMOTE_DIR", nargs="?", default="")
     ls.add_argument("-l", dest="long", action="store_true", help="type, size and modification time")
@@ -96,12 +111,24 @@ def connect(host: str, port: int, user: str | None, tls: bool = False,
 
 
 def _password() -> str:
+    """FTP_PASSWORD, else what the user types at a prompt.  Raises LocalError if there is none."""
     password = os.environ.get("FTP_PASSWORD")
-    if password is None:
-        from ftpserver.auth import ask_password
+    if password is not None:
+        return password
+    import getpass
 
-        password = ask_password("Password: ")
-    return password
+    try:
+        open("/dev/tty").close()  # getpass would fall back to echoing stdin
+    except OSError:
+        raise LocalError("no password: set FTP_PASSWORD or run from a terminal") from None
+    try:
+        return getpass.getpass("Password: ")
+    except (EOFError, KeyboardInterrupt) as error:  # Ctrl-D or Ctrl-C at the prompt
+        with contextlib.suppress(OSError), open("/dev/tty", "w") as tty:
+            tty.write("\n")  # end the prompt's line
+        if isinstance(error, KeyboardInterrupt):
+            raise
+        raise LocalError("no password given") from None
 
 
 def _split(paths: list[str]) -> tuple[list[str], str | None]:
@@ -110,41 +137,59 @@ def _split(paths: list[str]) -> tuple[list[str], str | None]:
 
 
 def transfer(client: Client, paths: list[str], upload: bool, *, recursive: bool = False,
-             restart: bool = False, quiet: bool = False, out: TextIO | None = None) -> bool:
-    """Run a put or get as typed: one file with its bar, or a batch with two bars and a summary.
+             restart: bool = False, quiet: bool = False, verbose: bool = False,
+             out: TextIO | None = None) -> bool:
+    """Run a put or get as typed: one file with its bar, or a batch with two bars and a summary
+    (listing every failure if ``verbose``, else a few).
 
     Returns True if every file arrived.  Raises FTPError for a single file's failure
     or a lost connection.
     """
     sources, dest = _split(paths)
     enabled = False if quiet else None
-    single = len(sources) == 1 and not recursive and not any(c in sources[0] for c in "*?[")
-    if single and not (upload and os.path.isdir(sources[0])):
-        name = sources[0].rstrip("/").replace(os.sep, "/").rsplit("/", 1)[-1]
-        with ProgressBar(name, enabled) as bar:
-            move = client.put if upload else client.get
-            result = move(sources[0], dest, restart=restart, progress=bar)
-        if result.skipped and not quiet:
-            print(f"{name}: already there and identical, nothing sent", file=out or sys.stderr)
+    if len(sources) == 1 and not recursive and not any(c in sources[0] for c in "*?["):
+        _single(client, sources[0], dest, upload, restart, enabled, out or sys.stderr)
         return True
     from .batch import plan_get, plan_put, run_batch  # only batches need it: keeps start-up lean
 
     plan = (plan_put if upload else plan_get)(client, sources, dest, recursive)
     with BatchBar(len(plan.jobs), plan.total, enabled) as bars:
         result = run_batch(client, plan, upload, restart,
-                           lambda job: bars.file(job.local.name, job.size))
-    print(result.summary(), file=out or sys.stderr)
+                           start=lambda job: bars.file(shown(job.local.name), job.size),
+                           finished=lambda job, done: bars.finished(done is not None))
+    for line in result.summary(verbose):
+        print(line, file=out or sys.stderr)
     return result.ok
+
+
+def _single(client: Client, source: str, dest: str | None, upload: bool, restart: bool,
+            enabled: bool | None, out: TextIO) -> None:
+    """Move one file with its bar (and a hashing bar while a long hash holds it up)."""
+    name = shown(source.rstrip("/").replace(os.sep, "/").rsplit("/", 1)[-1])
+    if upload and os.path.isdir(source):
+        raise IsADirectory(f"{shown(source)} is a local folder: use put -r to upload a folder")
+    with ProgressBar(name, enabled) as bar, ProgressBar(f"hashing {name}", enabled) as hashing:
+        try:
+            move = client.put if upload else client.get
+            result = move(source, dest, restart=restart, progress=bar, hashing=hashing)
+        except IsADirectory:
+            if upload:
+                raise
+            raise IsADirectory(f"{shown(source)} is a remote folder: use get -r to download "
+                               "a folder") from None
+    if result.skipped and enabled is not False:
+        print(f"{name}: already there and identical, nothing "
+              f"{'sent' if upload else 'received'}", file=out)
 
 
 def _put(client: Client, args: argparse.Namespace) -> int:
     return 0 if transfer(client, args.paths, True, recursive=args.recursive, restart=args.restart,
-                         quiet=args.quiet) else 1
+                         quiet=args.quiet, verbose=args.verbose) else 1
 
 
 def _get(client: Client, args: argparse.Namespace) -> int:
     return 0 if transfer(client, args.paths, False, recursive=args.recursive, restart=args.restart,
-                         quiet=args.quiet) else 1
+                         quiet=args.quiet, verbose=args.verbose) else 1
 
 
 def _ls(client: Client, args: argparse.Namespace) -> int:
@@ -153,7 +198,7 @@ def _ls(client: Client, args: argparse.Namespace) -> int:
         print(format_json(client.stat(args.path or ".")["path"], entries))
         return 0
     lines = format_long(entries) if args.long else (
-        format_columns(entries) if sys.stdout.isatty() else [e["name"] for e in entries])
+        format_columns(entries) if sys.stdout.isatty() else [shown(e["name"]) for e in entries])
     for line in lines:
         print(line)
     return 0
@@ -176,15 +221,18 @@ COMMANDS: dict[str, Callable[[Client, argparse.Namespace], int]] = {
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command (or the shell); return the exit status."""
     args = _parser().parse_args(argv)
+    moving = False  # True once a put or get has begun: an interruption leaves it resumable
     try:
         with connect(args.host, args.port, args.user, args.tls, args.cafile, args.hash) as client:
             if args.command is None:
                 from .shell import run_shell
                 return run_shell(client, quiet=args.quiet)
+            moving = args.command in ("put", "get")
             return COMMANDS[args.command](client, args)
     except FTPError as error:
         print(f"ftpclient: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("ftpclient: interrupted; run the same command again to resume", file=sys.stderr)
+        hint = "; run the same command again to resume" if moving else ""
+        print(f"ftpclient: interrupted{hint}", file=sys.stderr)
         return 130

@@ -20,15 +20,24 @@ from ftpserver.errors import (ChecksumError, ConnectionLost, FTPError, IsADirect
 from ftpserver.protocol import (META_SUFFIX, PARTIAL_SUFFIX, CHUNK_SIZE, check_reply, encode_frame,
                                 int_field, read_frame, text_field)
 from ftpserver.digest import HASHES, Checkpoint, version_tag
-from ftpserver.transfer import FileHasher, receive_body, receiving_digest, send_body, worth_saving
+from ftpserver.transfer import (FileHasher, ReceivingDigest, receive_body, receiving_digest, send_body,
+                                worth_saving)
 
 from .checkpoints import CheckpointLog
+from .names import shown
 
 __all__ = ["Client", "TransferResult", "ProgressCallback", "DEFAULT_PORT"]
 
 DEFAULT_PORT = 2121
 #: ``progress(done, total)``: bytes of the file held so far, and its size.
 ProgressCallback = Callable[[int, int], None]
+#: A hash with more than this left to read reports its progress (``hashing``).
+HASHING_SHOWN = 8 * 1024 * 1024
+#: At most this many listing entries are read from one folder (a server could send them forever).
+MAX_ENTRIES = 1_000_000
+#: What OpenSSL says when the peer answers a TLS handshake with something that is not TLS.
+_NOT_TLS = {"WRONG_VERSION_NUMBER", "PACKET_LENGTH_TOO_LONG", "UNKNOWN_PROTOCOL",
+            "RECORD_LAYER_FAILURE", "HTTP_REQUEST"}
 
 
 if TYPE_CHECKING:
@@ -83,6 +92,8 @@ class Client:
         #: True while a body is in flight: an interruption then leaves the stream unusable.
         self._mid_body = False
         self._sock, self._reader = self._connect()
+        #: True until the first reply on this connection.
+        self._fresh = True
 
     def _connect(self) -> tuple[socket.socket, BinaryIO]:
         host, port = self.host, self.port
@@ -100,8 +111,10 @@ class Client:
                 sock = self._tls.wrap_socket(sock, server_hostname=host)
             except OSError as error:  # ssl.SSLError is an OSError
                 sock.close()
-                raise Unreachable(f"TLS with {host}:{port} failed: "
-                                  f"{getattr(error, 'reason', None) or error}") from None
+                reason = getattr(error, "reason", None)
+                if reason in _NOT_TLS:
+                    reason = "the server does not speak TLS (connect without --tls and --cafile)"
+                raise Unreachable(f"TLS with {host}:{port} failed: {reason or error}") from None
         return sock, sock.makefile("rb")
 
     def _abort(self) -> None:
@@ -117,8 +130,9 @@ class Client:
         mid-body (Ctrl-C in the shell), since the old stream cannot be resynchronised.
         """
         self.close()
-        self._mid_body = False
+        self._mid_body = True  # until a new connection is up: a failed attempt is tried again
         self._sock, self._reader = self._connect()
+        self._mid_body, self._fresh = False, True
         if self._credentials:
             self.login(*self._credentials)
         if self._cwd:
@@ -152,7 +166,11 @@ class Client:
 
     def _write(self, header: dict[str, Any]) -> None:
         try:
-            self._sock.sendall(encode_frame(header))
+            frame = encode_frame(header)
+        except UnicodeEncodeError:
+            raise LocalError(_unsendable(header)) from None
+        try:
+            self._sock.sendall(frame)
         except OSError as error:
             raise self._lost(error) from None
 
@@ -166,6 +184,10 @@ class Client:
             raise
         if header is None:
             self._mid_body = True  # the server closed it (idle timeout, restart): reconnect next time
+            if self._fresh and not self._tls:
+                raise ConnectionLost(f"the server at {self.host}:{self.port} closed the connection "
+                                     "at once: it may require TLS (use --tls, or --cafile CERT)")
+        self._fresh = False
         return header
 
     def _reply(self) -> dict[str, Any]:
@@ -206,10 +228,13 @@ class Client:
     def ls(self, path: str = "") -> list[dict[str, Any]]:
         """Return the entries of a remote folder: name, type, size, mtime."""
         reply = self.request("ls", path=path)
-        entries = list(reply["entries"])
+        entries = _entries(reply)
         while reply.get("more"):
+            if len(entries) > MAX_ENTRIES:
+                self._abort()  # the rest of the listing is still on its way
+                raise ProtocolError(f"the server listed more than {MAX_ENTRIES} entries")
             reply = self._reply()
-            entries += reply["entries"]
+            entries += _entries(reply)
         return entries
 
     def stat(self, path: str, md5: bool = False, hash: str | None = None) -> dict[str, Any]:
@@ -217,7 +242,7 @@ class Client:
         asked, or its hash ``hash``."""
         names = {name for name in (hash, "md5" if md5 else None) if name}
         reply = self.request("stat", path=path, **{name: True for name in names})
-        return {**reply["entry"], "path": reply["path"],
+        return {**_entry(reply.get("entry")), "path": text_field(reply, "path"),
                 **{name: reply[name] for name in names if name in reply}}
 
     def pwd(self) -> str:
@@ -262,12 +287,14 @@ class Client:
 
     def put(self, local: str | os.PathLike[str], remote: str | None = None, *,
             restart: bool = False, progress: ProgressCallback | None = None,
-            exact: bool = False) -> TransferResult:
+            exact: bool = False, hashing: ProgressCallback | None = None) -> TransferResult:
         """Upload a file, resuming a partial upload of the same file unless ``restart``.
 
         ``remote`` defaults to the file's base name in the current remote folder;
         a remote folder, or a name ending in ``/``, receives the file under its
         base name, unless ``exact`` says ``remote`` is the file's own name.
+        ``hashing(done, total)`` hears how far a long wait for the local hash
+        has got (checking a file already there, a resume hashing what it holds).
         Raises LocalError for an unreadable local file.
         """
         path = Path(local)
@@ -277,18 +304,18 @@ class Client:
             if entry and entry["type"] == "dir":
                 raise IsADirectory(f"{entry['path']} is a folder")
             if not restart:
-                same = self._identical_remote(target, entry, file, st.st_size)
+                same = self._identical_remote(target, entry, file, st.st_size, hashing)
                 if same:
                     return TransferResult(same["path"], path, st.st_size, st.st_size,
                                           same[self.hash], True, self.hash)
             source = version_tag(st)
             try:
-                return self._put(file, path, target, st.st_size, source, restart, progress)
+                return self._put(file, path, target, st.st_size, source, restart, progress, hashing)
             except ChecksumError:
                 if restart:
                     raise
                 # The held prefix was not what we have now: send it all once more.
-                return self._put(file, path, target, st.st_size, source, True, progress)
+                return self._put(file, path, target, st.st_size, source, True, progress, hashing)
 
     def _put_target(self, name: str, remote: str | None,
                     exact: bool) -> tuple[str, dict[str, Any] | None]:
@@ -302,14 +329,15 @@ class Client:
         return target, entry
 
     def _identical_remote(self, target: str, entry: dict[str, Any] | None, file: BinaryIO,
-                          size: int) -> dict[str, Any] | None:
+                          size: int, hashing: ProgressCallback | None) -> dict[str, Any] | None:
         if not entry or entry["type"] != "file" or entry["size"] != size:
             return None
         remote = self._remote_digest(target, size)
-        return remote if self._same_content(file, size, remote) else None
+        return remote if self._same_content(file, size, remote, hashing) else None
 
     def _put(self, file: BinaryIO, path: Path, target: str, size: int, source: str,
-             restart: bool, progress: ProgressCallback | None) -> TransferResult:
+             restart: bool, progress: ProgressCallback | None,
+             hashing: ProgressCallback | None) -> TransferResult:
         log = CheckpointLog.for_upload(path, source, self.hash) if worth_saving(size) else None
         if log and restart:
             log.discard()
@@ -339,12 +367,15 @@ class Client:
             self._abort()
             raise
         try:
-            digest = hasher.result()
+            digest = _hash_result(hasher, size, hashing)
         except (OSError, EOFError):
             self._abort()
             raise LocalError(f"{path} changed during the upload; run the command again") from None
-        self._write({name: digest})
-        final = self._end_of_body()  # a ChecksumError makes put() retry with restart
+        try:
+            self._write({name: digest})
+            final = self._end_of_body()  # a ChecksumError makes put() retry with restart
+        except ConnectionLost as error:
+            raise _resumable(error) from None
         if log:
             log.discard()
         return TransferResult(text_field(final, "filename"), path, size, offset,
@@ -372,36 +403,38 @@ class Client:
             reply = None
         if reply and reply.get("ok") is False:
             check_reply(reply)
-        raise self._lost(error) from None
+        raise _resumable(self._lost(error)) from None
 
     # -- get ----------------------------------------------------------------
 
     def get(self, remote: str, local: str | os.PathLike[str] | None = None, *,
             restart: bool = False, progress: ProgressCallback | None = None,
-            exact: bool = False) -> TransferResult:
+            exact: bool = False, hashing: ProgressCallback | None = None) -> TransferResult:
         """Download a file, resuming a partial download beside it unless ``restart``.
 
         ``local`` defaults to the remote base name in the current folder; a local
         folder receives the file under its base name, unless ``exact`` says
         ``local`` is the file's own name.  The file appears under its final name
-        only once complete and verified.
+        only once complete and verified.  ``hashing`` as for :meth:`put`.
         """
         dest = Path(local) if exact and local is not None else _get_target(remote, local)
         if dest.is_dir():
-            raise LocalError(f"{dest} is a folder")
+            raise LocalError(f"local folder {shown(dest)} is in the way: "
+                             "give the file another local name")
         if not restart:
-            same = self._identical_local(remote, dest)
+            same = self._identical_local(remote, dest, hashing)
             if same:
                 return TransferResult(same["path"], dest, same["size"], same["size"],
                                       same[self.hash], True, self.hash)
         try:
-            return self._get(remote, dest, restart, progress)
+            return self._get(remote, dest, restart, progress, hashing)
         except ChecksumError:
             if restart:
                 raise
-            return self._get(remote, dest, True, progress)
+            return self._get(remote, dest, True, progress, hashing)
 
-    def _identical_local(self, remote: str, dest: Path) -> dict[str, Any] | None:
+    def _identical_local(self, remote: str, dest: Path,
+                         hashing: ProgressCallback | None) -> dict[str, Any] | None:
         try:
             if not dest.is_file():
                 return None
@@ -413,16 +446,18 @@ class Client:
             return None
         remote_entry = self._remote_digest(remote, size)
         with _open_local(dest) as file:
-            return remote_entry if self._same_content(file, size, remote_entry) else None
+            return remote_entry if self._same_content(file, size, remote_entry, hashing) else None
 
-    def _same_content(self, file: BinaryIO, size: int, remote: dict[str, Any]) -> bool:
+    def _same_content(self, file: BinaryIO, size: int, remote: dict[str, Any],
+                      hashing: ProgressCallback | None) -> bool:
         """True if ``file`` hashes to the digest in ``remote`` (a server that did not
         give one, say an older one asked for sha256, costs no read of the file)."""
         digest = remote.get(self.hash)
-        return isinstance(digest, str) and FileHasher(file, size, hash=self.hash).result() == digest
+        return isinstance(digest, str) and \
+            _hash_result(FileHasher(file, size, hash=self.hash), size, hashing) == digest
 
-    def _get(self, remote: str, dest: Path, restart: bool,
-             progress: ProgressCallback | None) -> TransferResult:
+    def _get(self, remote: str, dest: Path, restart: bool, progress: ProgressCallback | None,
+             hashing: ProgressCallback | None) -> TransferResult:
         partial = PartialDownload(dest)
         held, source, checkpoint = (0, None, None) if restart else partial.resumable()
         self._send({"cmd": "get", "filename": remote, "offset": held, "source": source,
@@ -447,12 +482,14 @@ class Client:
             partial.save_checkpoint(hasher.checkpoint())
             if isinstance(error, OSError):
                 raise LocalError(f"cannot write {partial.path}: {error.strerror}") from None
+            if isinstance(error, ConnectionLost):
+                raise _resumable(error) from None
             raise
-        digest = hasher.result()
+        digest = _hash_result(hasher, size, hashing)
         if digest != trailer.get(name):
             partial.discard()
-            raise ChecksumError(f"checksum mismatch for {filename}: received {name} "
-                                f"{digest}, the server's is {trailer.get(name)}")
+            raise ChecksumError(f"checksum mismatch for {shown(filename)}: received {name} "
+                                f"{digest}, the server's is {shown(str(trailer.get(name)))}")
         partial.commit()
         return TransferResult(filename, dest, size, offset, digest, hash=name)
 
@@ -517,6 +554,58 @@ class PartialDownload:
         """Remove the partial and its metadata."""
         self.path.unlink(missing_ok=True)
         self.meta.unlink(missing_ok=True)
+
+
+def _resumable(error: ConnectionLost) -> ConnectionLost:
+    """A transfer's lost connection, with what to do next."""
+    return ConnectionLost(f"{error}; run the same command again to resume")
+
+
+def _hash_result(hasher: FileHasher | ReceivingDigest, size: int,
+                 hashing: ProgressCallback | None) -> str:
+    """``hasher.result()``; while a FileHasher still has much to read, ``hashing(done, size)``
+    tells how far it got."""
+    # FileHasher keeps its thread and position private (ftpserver/transfer.py); only
+    # read here, to draw a bar.
+    thread, digest = getattr(hasher, "_thread", None), getattr(hasher, "_digest", None)
+    if hashing and isinstance(hasher, FileHasher) and thread and digest \
+            and size - digest.length > HASHING_SHOWN:
+        while thread.is_alive():
+            hashing(digest.length, size)
+            thread.join(0.1)
+        hashing(digest.length, size)
+    return hasher.result()
+
+
+def _entries(reply: dict[str, Any]) -> list[dict[str, Any]]:
+    entries = reply.get("entries")
+    if not isinstance(entries, list):
+        raise ProtocolError("the server's listing has no entries")
+    return [_entry(entry) for entry in entries]
+
+
+def _entry(entry: object) -> dict[str, Any]:
+    """A listing entry from the server, its fields' types checked (its name is checked
+    where it would name a local file).  Raises ProtocolError."""
+    size = entry.get("size") if isinstance(entry, dict) else None
+    if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) \
+            or entry.get("type") not in ("file", "dir") \
+            or not isinstance(entry.get("mtime", 0), (int, float)) \
+            or not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise ProtocolError("the server sent a malformed listing entry")
+    return entry
+
+
+def _unsendable(header: dict[str, Any]) -> str:
+    """The message for a request holding a name that is not valid UTF-8 (a local file name
+    can be any bytes; the wire carries only UTF-8)."""
+    for value in header.values():
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return f"{shown(value)}: the name is not valid UTF-8, so it cannot be sent (rename it)"
+    return "a field is not valid UTF-8"
 
 
 def _get_target(remote: str, local: str | os.PathLike[str] | None) -> Path:

@@ -6,6 +6,8 @@ import shutil
 import time
 from typing import Any, Iterable
 
+from .names import shown
+
 __all__ = ["human_size", "format_long", "format_columns", "format_json"]
 
 
@@ -28,7 +30,9 @@ def _when(mtime: float) -> str:
 
 
 def _display_name(entry: dict[str, Any]) -> str:
-    return entry["name"] + ("/" if entry["type"] == "dir" else "")
+    # Escaped: a name (from a server, or a local one that is not UTF-8) must not
+    # reach the terminal raw.
+    return shown(entry["name"]) + ("/" if entry["type"] == "dir" else "")
 
 
 def format_long(entries: Iterable[dict[str, Any]]) -> list[str]:

@@ -54,40 +54,51 @@ class ProgressBar:
 
 
 class BatchBar:
-    """Two bars for a batch: the whole (files and bytes) and the current file."""
+    """Bars for a batch: the whole (files and bytes), the current file, and its hashing.
+
+    The whole counts what was really done: the bytes moved (a resumed file's
+    held bytes too), and a file found already there once it is known to be.
+    """
 
     def __init__(self, files: int, total: int, enabled: bool | None = None) -> None:
         self.enabled = sys.stderr.isatty() if enabled is None else enabled
-        self.files, self.finished = files, 0
+        self.files, self.finished_files = files, 0
         self._overall: Any = _tqdm(total=total, desc=self._label(), position=0) if self.enabled else None
         self._current: ProgressBar | None = None
+        self._hashing: ProgressBar | None = None
         self._size = 0
 
     def _label(self) -> str:
-        return f"{self.finished}/{self.files} files"
+        return f"{self.finished_files}/{self.files} files"
 
-    def file(self, label: str, size: int) -> ProgressBar | None:
-        """Start the next file's bar; return its callback (None when silent)."""
-        self._end_file()
+    def file(self, label: str, size: int) -> tuple[ProgressBar | None, ProgressBar | None]:
+        """Start the next file's bars; return its transfer and hashing callbacks (None when silent)."""
+        self._close_file()
         if not self.enabled:
-            return None
+            return None, None
         self._current = ProgressBar(label, True, position=1, on_advance=self._overall.update)
+        self._hashing = ProgressBar(f"hashing {label}", True, position=2)
         self._size = size
-        return self._current
+        return self._current, self._hashing
 
-    def _end_file(self) -> None:
-        if self._current is not None:
+    def finished(self, ok: bool) -> None:
+        """The current file is done (``ok``: there, sent or found identical) or failed."""
+        if self._current is not None and ok:
             # A file found already there never reported progress: count it whole.
             self._overall.update(self._size - self._current.done)
-            self._current.close()
-            self._current = None
-            self.finished += 1
+            self.finished_files += 1
             self._overall.set_description(self._label())
+        self._close_file()
+
+    def _close_file(self) -> None:
+        for bar in (self._current, self._hashing):
+            if bar is not None:
+                bar.close()
+        self._current = self._hashing = None
 
     def close(self) -> None:
-        """Finish both bars."""
-        if self._current is not None:
-            self._end_file()
+        """Finish the bars, the whole showing what was done (an interrupted file its bytes so far)."""
+        self._close_file()
         if self._overall is not None:
             self._overall.close()
             self._overall = None

@@ -16,15 +16,16 @@ import os
 import shlex
 import sys
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import IO, Callable
 
 from ftpserver.errors import FTPError
 
 from .cli import transfer
 from .client import Client
 from .listing import format_columns, format_long
+from .names import shown
 
-__all__ = ["FTPShell", "run_shell"]
+__all__ = ["FTPShell", "run_shell", "split_line"]
 
 HISTORY = Path("~/.ftpclient_history")
 
@@ -33,17 +34,83 @@ def _command(method: Callable[["FTPShell", list[str]], None]) -> Callable[["FTPS
     """Wrap a ``do_*`` body: split its arguments and turn errors into one printed line."""
     def run(self: "FTPShell", line: str) -> None:
         try:
-            method(self, shlex.split(line))
+            method(self, split_line(line))
         except ValueError as error:
             self.fail(f"{method.__name__[3:]}: {error}")
         except FTPError as error:
             self.fail(str(error))
         except OSError as error:
-            self.fail(f"{error.filename or ''}: {error.strerror or error}".lstrip(": "))
+            name = shown(str(error.filename)) if error.filename else ""
+            self.fail(f"{name}: {error.strerror or error}".lstrip(": "))
         except KeyboardInterrupt:
-            self.fail("interrupted; run the same command again to resume")
+            moving = method.__name__ in ("do_put", "do_get")
+            self.fail("interrupted" + ("; run the same command again to resume" if moving else ""))
     run.__name__, run.__doc__ = method.__name__, method.__doc__
     return run
+
+
+def split_line(line: str) -> list[str]:
+    """Split a command line as a POSIX shell does (quotes, backslashes).
+
+    A quote left open after a folder's name (``cd "my dir/``) is closed, as
+    completion leaves it so.  Raises ValueError for any other open quote, or a
+    line ending in a lone backslash.
+    """
+    quote = _partial_word(line)[2] if line.endswith("/") else None
+    return shlex.split(line + (quote or ""))
+
+
+def _partial_word(line: str) -> tuple[list[str], str, str | None]:
+    """Read a line being typed as shlex would: the words before the last, the last
+    one so far (quotes and backslashes undone), and the quote left open in it."""
+    words: list[str] = []
+    value, quote, in_word = "", None, False
+    i = 0
+    while i < len(line):
+        c = line[i]
+        if quote is None and c in " \t":
+            if in_word:
+                words.append(value)
+                value, in_word = "", False
+        elif not in_word:
+            in_word = True
+            continue  # read the word's first character again, now inside it
+        elif c == "\\" and quote != "'":
+            following = line[i + 1:i + 2]
+            if quote == '"' and following not in ('"', "\\"):
+                value += c  # inside double quotes a backslash escapes only " and \
+            else:
+                value += following
+                i += 1
+        elif c == quote:
+            quote = None
+        elif quote is None and c in "'\"":
+            quote = c
+        else:
+            value += c
+        i += 1
+    return words, value, quote
+
+
+def _quoted(text: str, quote: str | None) -> str:
+    """``text`` as it must be typed after an open ``quote`` (None: outside quotes)."""
+    if quote == "'":
+        return text.replace("'", "'\\''")
+    if quote == '"':
+        return text.replace("\\", "\\\\").replace('"', '\\"')
+    return "".join("\\" + c if c in " \t'\"\\" else c for c in text)
+
+
+def _completions(text: str, line: str, endidx: int, candidates: list[str]) -> list[str]:
+    """What readline should put in place of ``text``: each candidate for the word
+    being typed, the rest of it quoted as the word so far is (a backslash before a
+    space, or inside the quote left open).  A single file is closed with its quote
+    and a space, as bash does; a folder (ending in /) stays open to go on."""
+    _, value, quote = _partial_word(line[:endidx])
+    done = [text + _quoted(c[len(value):], quote) for c in candidates if c.startswith(value)]
+    if len(done) == 1 and not done[0].endswith("/"):
+        done[0] += (quote or "") + " "
+    return done
 
 
 def _options(args: list[str], allowed: str) -> tuple[set[str], list[str]]:
@@ -99,30 +166,33 @@ class FTPShell(cmd.Cmd):
     # -- transfers ----------------------------------------------------------
 
     def _transfer(self, args: list[str], upload: bool) -> None:
-        flags, paths = _options(args, "-r --restart")
+        flags, paths = _options(args, "-r --restart -v")
         if not paths:
-            raise ValueError("usage: put [-r] [--restart] LOCAL... [REMOTE]" if upload else
-                             "usage: get [-r] [--restart] REMOTE... [LOCAL]")
+            raise ValueError("usage: put [-r] [-v] [--restart] LOCAL... [REMOTE]" if upload else
+                             "usage: get [-r] [-v] [--restart] REMOTE... [LOCAL]")
         if not transfer(self.client, paths, upload, recursive="-r" in flags,
-                        restart="--restart" in flags, quiet=self.quiet, out=self.stdout):
+                        restart="--restart" in flags, quiet=self.quiet, verbose="-v" in flags,
+                        out=self.stdout):
             self.failures += 1
 
     @_command
     def do_put(self, args: list[str]) -> None:
-        """put [-r] [--restart] LOCAL... [REMOTE]: upload files, patterns or (-r) folders.
+        """put [-r] [-v] [--restart] LOCAL... [REMOTE]: upload files, patterns or (-r) folders.
 
         With one LOCAL, REMOTE is its new name or a folder to put it in; with
         several, the last argument is the remote folder.  An interrupted upload
-        resumes when run again; --restart starts from zero."""
+        resumes when run again; --restart starts from zero; -v lists every
+        file that failed."""
         self._transfer(args, upload=True)
 
     @_command
     def do_get(self, args: list[str]) -> None:
-        """get [-r] [--restart] REMOTE... [LOCAL]: download files, patterns ('*.iso') or (-r) folders.
+        """get [-r] [-v] [--restart] REMOTE... [LOCAL]: download files, patterns ('*.iso') or (-r) folders.
 
         With one REMOTE, LOCAL is its new name or a folder to put it in; with
         several, the last argument is the local folder.  An interrupted download
-        resumes when run again; --restart starts from zero."""
+        resumes when run again; --restart starts from zero; -v lists every
+        file that failed."""
         self._transfer(args, upload=False)
 
     # -- remote commands ------------------------------------------------------
@@ -172,12 +242,12 @@ class FTPShell(cmd.Cmd):
     def do_lcd(self, args: list[str]) -> None:
         """lcd [LOCAL_DIR]: change the local folder (no argument: your home)."""
         os.chdir(os.path.expanduser(args[0] if args else "~"))
-        self.say(os.getcwd())
+        self.say(shown(os.getcwd()))
 
     @_command
     def do_lpwd(self, args: list[str]) -> None:
         """lpwd: print the local folder."""
-        self.say(os.getcwd())
+        self.say(shown(os.getcwd()))
 
     @_command
     def do_lls(self, args: list[str]) -> None:
@@ -208,36 +278,43 @@ class FTPShell(cmd.Cmd):
 
     # -- completion -------------------------------------------------------------
 
-    def _complete_remote(self, text: str, dirs_only: bool = False) -> list[str]:
-        folder, _, stem = text.rpartition("/")
+    def _complete_remote(self, value: str, dirs_only: bool = False) -> list[str]:
+        stem = value.rpartition("/")[2]
         try:
-            entries = self.client.ls(folder + "/" if folder else "")
+            entries = self.client.ls(value[:len(value) - len(stem)])  # "", "docs/" or "/"
         except FTPError:
             return []
-        prefix = folder + "/" if folder else ""
-        return [prefix + e["name"] + ("/" if e["type"] == "dir" else "")
+        return [value + e["name"][len(stem):] + ("/" if e["type"] == "dir" else "")
                 for e in entries if e["name"].startswith(stem) and (e["type"] == "dir" or not dirs_only)]
 
     @staticmethod
-    def _complete_local(text: str, dirs_only: bool = False) -> list[str]:
-        matches = glob.glob(glob.escape(os.path.expanduser(text)) + "*")
-        return [m + os.sep if os.path.isdir(m) else m
-                for m in sorted(matches) if os.path.isdir(m) or not dirs_only]
+    def _complete_local(value: str, dirs_only: bool = False) -> list[str]:
+        expanded = os.path.expanduser(value)  # the candidates keep the ~ as typed
+        matches = sorted(glob.glob(glob.escape(expanded) + "*"))
+        return [value + m[len(expanded):] + (os.sep if os.path.isdir(m) else "")
+                for m in matches if os.path.isdir(m) or not dirs_only]
 
-    def complete_get(self, text: str, *_: Any) -> list[str]:
-        return self._complete_remote(text)
+    def _complete(self, text: str, line: str, endidx: int, local: bool,
+                  dirs_only: bool = False) -> list[str]:
+        value = _partial_word(line[:endidx])[1]
+        names = self._complete_local(value, dirs_only) if local else \
+            self._complete_remote(value, dirs_only)
+        return _completions(text, line, endidx, names)
 
-    def complete_cd(self, text: str, *_: Any) -> list[str]:
-        return self._complete_remote(text, dirs_only=True)
+    def complete_get(self, text: str, line: str, begidx: int, endidx: int) -> list[str]:
+        return self._complete(text, line, endidx, local=False)
 
-    def complete_put(self, text: str, line: str, *_: Any) -> list[str]:
+    def complete_cd(self, text: str, line: str, begidx: int, endidx: int) -> list[str]:
+        return self._complete(text, line, endidx, local=False, dirs_only=True)
+
+    def complete_put(self, text: str, line: str, begidx: int, endidx: int) -> list[str]:
         # The first argument is local, a later one may be the remote destination.
-        args = [a for a in line.split()[1:] if not a.startswith("-")]
-        typed = len(args) - (1 if text else 0)
-        return self._complete_local(text) if typed == 0 else self._complete_remote(text)
+        words = _partial_word(line[:endidx])[0]
+        typed = [w for w in words[1:] if not w.startswith("-")]
+        return self._complete(text, line, endidx, local=not typed)
 
-    def complete_lcd(self, text: str, *_: Any) -> list[str]:
-        return self._complete_local(text, dirs_only=True)
+    def complete_lcd(self, text: str, line: str, begidx: int, endidx: int) -> list[str]:
+        return self._complete(text, line, endidx, local=True, dirs_only=True)
 
     complete_ls = complete_cd
     complete_rm = complete_mv = complete_get

@@ -3,6 +3,7 @@ the real ``ftpclient`` shell fed by a pipe, and once in a pseudo-terminal.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import io
@@ -25,7 +26,7 @@ import pytest
 from ftpclient.client import Client
 from ftpclient.shell import FTPShell
 
-from helpers import LOOPBACK, md5_of, random_file, run_cli
+from helpers import LOOPBACK, ServerProcess, md5_of, random_file, run_cli
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -185,6 +186,8 @@ def test_put_and_get_follow_lcd(sh: Session, storage_root: Path, local: Path) ->
     ("ls -z", "unknown option -z"),
     ("put --bogus x", "unknown option --bogus"),
     ('put "unclosed', "quotation"),
+    ("mkdir it's", "quotation"),
+    ("put x\\", "escaped"),
     ("cd no-such-folder", "no-such-folder"),
     ("get no-such-file", "no-such-file"),
     ("put no-such-file", "no-such-file"),
@@ -223,7 +226,7 @@ def test_help_lists_commands(sh: Session) -> None:
 
 def test_help_command_prints_its_docstring(sh: Session) -> None:
     text = sh.ok("help put")
-    assert text.startswith("put [-r] [--restart] LOCAL... [REMOTE]"), text
+    assert text.startswith("put [-r] [-v] [--restart] LOCAL... [REMOTE]"), text
     assert "resumes" in text
     assert "several" in text
     assert sh.ok("help lcd").startswith("lcd [LOCAL_DIR]")
@@ -264,8 +267,9 @@ def test_complete_remote_names(sh: Session, names: None) -> None:
     shell = sh.shell
     assert sorted(shell.complete_get("d", "get d", 4, 5)) == ["data.bin", "docs/", "downloads/"]
     assert sorted(shell.complete_get("", "get ", 4, 4)) == ["data.bin", "docs/", "downloads/", "other.txt"]
-    assert shell.complete_get("docs/", "get docs/", 4, 9) == ["docs/deep.txt"]
-    assert shell.complete_get("docs/d", "get docs/d", 4, 10) == ["docs/deep.txt"]
+    # a single file is finished with a space, as bash does; a folder stays open
+    assert shell.complete_get("docs/", "get docs/", 4, 9) == ["docs/deep.txt "]
+    assert shell.complete_get("docs/d", "get docs/d", 4, 10) == ["docs/deep.txt "]
     assert shell.complete_get("x", "get x", 4, 5) == []
     assert shell.complete_get("nowhere/", "get nowhere/", 4, 12) == []
     assert sorted(shell.complete_cd("d", "cd d", 3, 4)) == ["docs/", "downloads/"]  # folders only
@@ -276,12 +280,60 @@ def test_complete_put_local_then_remote(sh: Session, names: None) -> None:
     shell = sh.shell
     assert sorted(shell.complete_put("", "put ", 4, 4)) == ["lfolder/", "local.txt", "zz.txt"]
     assert sorted(shell.complete_put("l", "put l", 4, 5)) == ["lfolder/", "local.txt"]
-    assert shell.complete_put("z", "put -r z", 7, 8) == ["zz.txt"]
+    assert shell.complete_put("z", "put -r z", 7, 8) == ["zz.txt "]
     # the second argument is the remote destination
     assert sorted(shell.complete_put("d", "put local.txt d", 14, 15)) == ["data.bin", "docs/", "downloads/"]
     assert sorted(shell.complete_put("", "put local.txt ", 14, 14)) == [
         "data.bin", "docs/", "downloads/", "other.txt"]
     assert shell.complete_lcd("l", "lcd l", 4, 5) == ["lfolder/"]
+
+
+@pytest.fixture
+def spaced(storage_root: Path, local: Path) -> None:
+    (storage_root / "dir with spaces" / "sub dir").mkdir(parents=True)
+    (storage_root / "my file.txt").write_text("mine")
+    (storage_root / "it's here.txt").write_text("its")
+    (local / "local file.txt").write_text("local")
+
+
+# line typed -> what completion puts in place of the text after its last space (readline
+# breaks words at spaces, even escaped or quoted ones)
+SPACED = [
+    ("cd dir", "dir\\ with\\ spaces/"),            # escaped, as bash does
+    ("cd dir\\ w", "with\\ spaces/"),              # after an escaped space
+    ('cd "dir', '"dir with spaces/'),              # inside an opened quote
+    ('cd "dir w', "with spaces/"),
+    ("cd 'dir", "'dir with spaces/"),
+    ("cd dir\\ with\\ spaces/s", "spaces/sub\\ dir/"),
+    ("get my", "my\\ file.txt "),                  # one word, not three
+    ('get "my f', 'file.txt" '),                   # the quote closed after a file
+    ("get it", "it\\'s\\ here.txt "),
+    ("get 'it", "'it'\\''s here.txt' "),
+    ("put loc", "local\\ file.txt "),
+    ('put "local file.txt" m', "my\\ file.txt "),
+]
+
+
+@pytest.mark.parametrize("line, inserted", SPACED)
+def test_completion_quotes_what_it_inserts(sh: Session, spaced: None, line: str,
+                                           inserted: str) -> None:
+    begidx = line.rfind(" ") + 1
+    complete = getattr(sh.shell, f"complete_{line.split()[0]}")
+    assert complete(line[begidx:], line, begidx, len(line)) == [inserted]
+
+
+@pytest.mark.parametrize("line, inserted", SPACED)
+def test_the_shell_runs_what_completion_produced(sh: Session, spaced: None, storage_root: Path,
+                                                 local: Path, line: str, inserted: str) -> None:
+    completed = line[:line.rfind(" ") + 1] + inserted
+    sh.ok(completed)
+    if completed.startswith("cd"):
+        assert sh.ok("pwd").strip() in ("/dir with spaces", "/dir with spaces/sub dir")
+    elif completed.startswith("get"):
+        assert sorted(os.listdir(local)) in (["local file.txt", "my file.txt"],
+                                             ["it's here.txt", "local file.txt"])
+    else:
+        assert (storage_root / "my file.txt").read_text() in ("mine", "local")
 
 
 # -- the real shell on a pipe -------------------------------------------------------------
@@ -363,18 +415,36 @@ class Terminal:
         os.write(self.fd, text.encode())
 
 
+@contextlib.contextmanager
+def in_pty(args: list[str], cwd: Path, home: Path | None = None,
+           columns: int = 80) -> Iterator[tuple[subprocess.Popen[bytes], Terminal]]:
+    """Run ``args`` on a new pseudo-terminal (with no FTP_PASSWORD: a person types it);
+    kill it at the end if it still runs."""
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+    env = {**os.environ, "TERM": "dumb", "COLUMNS": str(columns), "LINES": "24",
+           **({"HOME": str(home)} if home else {})}
+    env.pop("PYTHONSTARTUP", None)
+    env.pop("FTP_PASSWORD", None)
+    proc = subprocess.Popen(args, stdin=slave, stdout=slave, stderr=slave, cwd=cwd, env=env,
+                            start_new_session=True)
+    os.close(slave)
+    try:
+        yield proc, Terminal(master)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        os.close(master)
+
+
+def shell_command(port: int) -> list[str]:
+    return [sys.executable, "-m", "ftpclient", "-H", LOOPBACK, "-p", str(port)]
+
+
 def test_real_shell_in_a_pty(port: int, storage_root: Path, local: Path, tmp_path: Path) -> None:
     random_file(local / "big.bin", 20 * MiB, seed=6)
-    master, slave = os.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
-    env = {**os.environ, "TERM": "dumb", "COLUMNS": "80", "LINES": "24", "HOME": str(tmp_path)}
-    env.pop("PYTHONSTARTUP", None)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ftpclient", "-H", LOOPBACK, "-p", str(port)],
-        stdin=slave, stdout=slave, stderr=slave, cwd=local, env=env, start_new_session=True)
-    os.close(slave)
-    term = Terminal(master)
-    try:
+    with in_pty(shell_command(port), local, home=tmp_path) as (proc, term):
         banner = term.read_until(b"ftp> ", timeout=15)
         assert b"Connected" in banner
 
@@ -398,20 +468,38 @@ def test_real_shell_in_a_pty(port: int, storage_root: Path, local: Path, tmp_pat
         term.send("quit\n")
         assert proc.wait(timeout=10) == 0
         term.drain(1)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-        os.close(master)
     assert (tmp_path / ".ftpclient_history").is_file()  # readline history kept in HOME
     assert "put big.bin" in (tmp_path / ".ftpclient_history").read_text()
 
 
-class SlowProxy:
-    """A loopback proxy that holds client->server traffic to ``rate`` bytes/s, counting it per connection."""
+def test_tab_completion_in_a_pty(port: int, storage_root: Path, local: Path, tmp_path: Path) -> None:
+    (storage_root / "dir with spaces").mkdir()
+    (storage_root / "my file.txt").write_text("mine")
+    with in_pty(shell_command(port), local, home=tmp_path) as (proc, term):
 
-    def __init__(self, target_port: int, rate: float) -> None:
-        self.target_port, self.rate = target_port, rate
+        def typed(keys: str) -> str:
+            """Type a line (tabs included) and return what the shell printed for it."""
+            mark = len(term.buffer)
+            term.send(keys)
+            return term.read_until(b"ftp> ", timeout=15, start=mark).decode("utf-8", "replace")
+
+        term.read_until(b"ftp> ", timeout=15)
+        for keys in ('cd "dir\t\n', "cd /\n", "cd dir\t\n", "cd /\n", "cd /di\t\n"):
+            assert "error" not in typed(keys)
+            if keys != "cd /\n":
+                assert "/dir with spaces" in typed("pwd\n")
+        assert "error" not in typed("get /my\t\n")
+        assert (local / "my file.txt").read_text() == "mine"
+        term.send("quit\n")
+        assert proc.wait(timeout=10) == 0
+
+
+class SlowProxy:
+    """A loopback proxy that holds client->server traffic (server->client with ``down``)
+    to ``rate`` bytes/s, counting client->server bytes per connection."""
+
+    def __init__(self, target_port: int, rate: float, down: bool = False) -> None:
+        self.target_port, self.rate, self.down = target_port, rate, down
         self.ups: list[list[int]] = []
         self.listener = socket.create_server((LOOPBACK, 0))
         self.listener.settimeout(0.2)
@@ -435,6 +523,7 @@ class SlowProxy:
         up = [0]
         self.ups.append(up)
         peer = {client: server, server: client}
+        slow = server if self.down else client
         deadline = time.monotonic() + 60
         try:
             while not self._stop.is_set() and time.monotonic() < deadline:
@@ -446,6 +535,7 @@ class SlowProxy:
                     peer[sock].sendall(data)
                     if sock is client:
                         up[0] += len(data)
+                    if sock is slow:
                         time.sleep(len(data) / self.rate)
         except OSError:
             return
@@ -607,3 +697,22 @@ def test_shell_reconnects_after_the_server_closed_an_idle_connection(storage_roo
         srv.shutdown()
         srv.server_close()
         thread.join(5)
+
+
+def test_shell_says_unreachable_until_the_server_is_back(server_process: ServerProcess) -> None:
+    server_process.start()
+    port = server_process.port
+    again = ServerProcess(server_process.config, port=port)
+    try:
+        with Client(LOOPBACK, port, timeout=10) as client:
+            sh = Session(client)
+            sh.ok("mkdir kept")
+            sh.ok("cd kept")
+            server_process.stop()
+            for _ in range(3):  # the same message every time, no state left over
+                line = sh.error("pwd")
+                assert line.startswith(f"error: server unreachable at {LOOPBACK}:{port}: "), line
+            again.start()
+            assert sh.ok("pwd").strip() == "/kept"  # reconnected, same folder
+    finally:
+        again.stop()

@@ -75,6 +75,13 @@ def summary_line(stderr: str) -> str:
     return lines[0]
 
 
+def failures(stderr: str) -> list[str]:
+    """The failure lines under the summary line, one per file or folder."""
+    lines = stderr.splitlines()
+    start = lines.index(summary_line(stderr)) + 1
+    return [line.strip() for line in lines[start:] if line.startswith("  ")]
+
+
 def assert_ok_summary(result: Any, transferred: int, already: int | None = None) -> None:
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
@@ -255,8 +262,10 @@ def test_bad_files_in_tree_are_named_and_the_rest_arrive(port: int, storage_root
     line = summary_line(result.stderr)
     assert line.startswith(f"{len(good)} transferred"), line
     assert "2 failed" in line, line
-    assert "back\\slash.txt" in line, line
-    assert "ghost.txt" in line, line
+    failed = failures(result.stderr)
+    assert len(failed) == 2, result.stderr
+    assert failed[0].startswith("TREE/ghost.txt: "), failed  # walk order: top files first
+    assert failed[1].startswith("TREE/sub/back\\slash.txt: "), failed
     remote = storage_root / "TREE"
     for name in good:
         assert md5_of(remote / name) == md5_of(tree / name)
@@ -275,7 +284,8 @@ def test_get_tree_where_a_local_file_blocks_a_folder(port: int, storage_root: Pa
     assert_clean_failure(result)
     line = summary_line(result.stderr)
     assert line.startswith(f"{len(good)} transferred"), line
-    assert "sub" in line.split("failed", 1)[1], line
+    assert "2 failed" in line, line  # sub and the file it should hold
+    assert any(f.startswith("TREE/sub: ") for f in failures(result.stderr)), result.stderr
     for name in good:
         assert md5_of(local / "TREE" / name) == md5_of(tree / name)
     assert (local / "TREE" / "sub").read_text() == "a file where the folder should go"
@@ -293,7 +303,8 @@ def test_get_tree_where_a_local_folder_blocks_a_file(port: int, storage_root: Pa
     assert not (local / "TREE" / "sub" / "x.txt" / "x.txt").exists(), "file nested in the folder"
     assert_clean_failure(result)
     line = summary_line(result.stderr)
-    assert "1 failed" in line and "x.txt" in line, line
+    assert "1 failed" in line, line
+    assert [f.split(":")[0] for f in failures(result.stderr)] == ["TREE/sub/x.txt"], result.stderr
 
 
 def test_put_tree_where_a_remote_folder_blocks_a_file(port: int, storage_root: Path,
@@ -308,7 +319,8 @@ def test_put_tree_where_a_remote_folder_blocks_a_file(port: int, storage_root: P
     assert not (storage_root / "TREE" / "sub" / "x.txt" / "x.txt").exists(), "file nested in the folder"
     assert_clean_failure(result)
     line = summary_line(result.stderr)
-    assert "1 failed" in line and "x.txt" in line, line
+    assert "1 failed" in line, line
+    assert [f.split(":")[0] for f in failures(result.stderr)] == ["TREE/sub/x.txt"], result.stderr
 
 
 # -- several files and patterns ---------------------------------------------------------
@@ -352,7 +364,7 @@ def test_get_with_pattern(port: int, storage_root: Path, local: Path) -> None:
         assert md5_of(local / "outdir" / name) == md5_of(storage_root / name)
     # The matching folder is reported (use -r) rather than silently dropped.
     assert result.returncode != 0
-    assert "dir.bin" in summary_line(result.stderr)
+    assert failures(result.stderr) == ["dir.bin: is a folder (use -r)"], result.stderr
 
 
 def test_get_with_pattern_files_only(port: int, storage_root: Path, local: Path) -> None:
@@ -375,7 +387,8 @@ def test_pattern_matching_nothing_fails_clearly(port: int, storage_root: Path, l
     result = run_cli(port, command, pattern, cwd=local)
     assert_clean_failure(result)
     line = summary_line(result.stderr)
-    assert "1 failed" in line and pattern in line and says in line, line
+    assert "1 failed" in line, line
+    assert failures(result.stderr) == [f"{pattern}: {says}"], result.stderr
     assert sorted(os.listdir(local)) == ["present.txt"]
     assert sorted(os.listdir(storage_root)) == ["present.txt"]
 
