@@ -38,6 +38,8 @@ class Job:
     local: Path
     remote: str
     size: int
+    #: For a download: the server's modification time, to tell an unchanged copy here.
+    mtime_ns: int | None = None
 
 
 @dataclass
@@ -185,7 +187,7 @@ def plan_get(client: Client, sources: list[str], dest: str | None, recursive: bo
     for source, name, entry in expanded:
         local = Path(target(name))
         if entry["type"] != "dir":
-            plan.jobs.append(Job(local, source, entry["size"]))
+            plan.jobs.append(Job(local, source, entry["size"], _mtime_ns(entry)))
         elif not recursive:
             plan.failed.append((shown(source), "is a folder (use -r)"))
         else:
@@ -223,7 +225,8 @@ def _walk_remote(client: Client, top: str, local_top: Path, plan: Plan, limit: i
             if entry["type"] == "dir":
                 pending.append((child, join_under(local, entry["name"])))
             else:
-                plan.jobs.append(Job(join_under(local, entry["name"]), child, entry["size"]))
+                plan.jobs.append(Job(join_under(local, entry["name"]), child, entry["size"],
+                                     _mtime_ns(entry)))
     if pending:
         plan.failed.append((shown(top), f"more than {limit} files and folders: the rest not listed"))
 
@@ -231,50 +234,81 @@ def _walk_remote(client: Client, top: str, local_top: Path, plan: Plan, limit: i
 def run_batch(client: Client, plan: Plan, upload: bool, restart: bool = False,
               start: Start = lambda job: (None, None),
               finished: Callable[[Job, TransferResult | None], object] = lambda job, done: None,
-              ) -> BatchResult:
-    """Create the plan's folders, then move its files one by one.
+              checksum: bool = False) -> BatchResult:
+    """Create the plan's folders, then move its files: in a few round trips by plans and
+    pipelines (:mod:`ftpclient.pipeline`), or one by one with a server that predates them.
 
-    ``start(job)`` returns the progress and hashing callbacks for that file;
-    ``finished(job, result)`` hears how it ended (None: it failed).  The files of
-    a folder that could not be created are not tried.  Raises ConnectionLost or
-    Unreachable only if the connection is gone (the files done so far are kept).
+    Files whose size and modification time match on both ends are skipped; with
+    ``checksum`` they are compared by hash instead.  ``start(job)`` returns the
+    progress and hashing callbacks for that file; ``finished(job, result)`` hears
+    how it ended (None: it failed).  The files of a folder that could not be
+    created are not tried.  Raises ConnectionLost or Unreachable only if the
+    connection is gone (the files done so far are kept).
     """
+    from . import pipeline
+
     result = BatchResult(failed=list(plan.failed), upload=upload)
+
+    def failed(name: str, why: str) -> None:
+        result.failed.append((name, why))
+
+    made = pipeline.make_folders(client, plan.folders) if upload else None
+    jobs = _make_folders(client, plan, upload, result, finished, made)
+    if upload and made is not None:
+        result.done += pipeline.put_files(client, jobs, restart=restart, checksum=checksum,
+                                          start=start, finished=finished, failed=failed)
+    elif not upload:
+        result.done += pipeline.get_files(client, jobs, restart=restart, checksum=checksum,
+                                          start=start, finished=finished, failed=failed)
+    else:
+        for job in jobs:
+            progress, hashing = start(job)
+            try:
+                done = client.put(job.local, job.remote, restart=restart, progress=progress,
+                                  exact=True, hashing=hashing)
+            except (ConnectionLost, Unreachable):
+                raise
+            except FTPError as error:
+                failed(shown(job.local), str(error))
+                finished(job, None)
+                continue
+            result.done.append(done)
+            finished(job, done)
+    return result
+
+
+def _make_folders(client: Client, plan: Plan, upload: bool, result: BatchResult,
+                  finished: Callable[[Job, TransferResult | None], object],
+                  made: dict[str, str | None] | None = None) -> list[Job]:
+    """Create the plan's folders one by one (or take ``made``: why each failed, None if
+    it did not); return the jobs not under one that failed."""
     sep = "/" if upload else os.sep
     broken: list[str] = []  # folders that could not be created, parents first
     for folder in plan.folders:
         if any(_inside(folder, top, sep) for top in broken):
             broken.append(folder)  # reported with its parent
             continue
-        why = _make_folder(client, folder, upload)
+        why = made.get(folder) if made is not None else _make_folder(client, folder, upload)
         if why:
             result.failed.append((shown(folder), why))
             broken.append(folder)
+    jobs = []
     for job in plan.jobs:
-        name = shown(job.local) if upload else shown(job.remote)
         blocked = next((top for top in broken if _inside(job.remote if upload else str(job.local),
                                                          top, sep)), None)
-        if blocked is not None:
-            result.failed.append((name, f"not copied: folder {shown(blocked)} could not be made"))
-            finished(job, None)
+        if blocked is None:
+            jobs.append(job)
             continue
-        progress, hashing = start(job)
-        try:
-            if upload:
-                done = client.put(job.local, job.remote, restart=restart, progress=progress,
-                                  exact=True, hashing=hashing)
-            else:
-                done = client.get(job.remote, job.local, restart=restart, progress=progress,
-                                  exact=True, hashing=hashing)
-        except (ConnectionLost, Unreachable):
-            raise
-        except FTPError as error:
-            result.failed.append((name, str(error)))
-            finished(job, None)
-            continue
-        result.done.append(done)
-        finished(job, done)
-    return result
+        name = shown(job.local) if upload else shown(job.remote)
+        result.failed.append((name, f"not copied: folder {shown(blocked)} could not be made"))
+        finished(job, None)
+    return jobs
+
+
+def _mtime_ns(entry: dict[str, object]) -> int | None:
+    """The exact modification time a listing entry gives (None from an older server)."""
+    value = entry.get("mtime_ns")
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _make_folder(client: Client, folder: str, upload: bool) -> str | None:

@@ -67,6 +67,8 @@ def _parser() -> argparse.ArgumentParser:
     put.add_argument("-r", "--recursive", action="store_true", help="copy folders and all they hold")
     put.add_argument("--restart", action="store_true", help="start from zero, not from a partial upload")
     put.add_argument("-v", "--verbose", action="store_true", help="list every file that failed")
+    put.add_argument("--checksum", action="store_true",
+                     help="tell unchanged files by hash, not by size and modification time")
     get = command("get", "download files (several, patterns like '*.iso', or folders with -r)",
                   "ftpclient get docs/report.pdf ~/Downloads/\n  ftpclient get '*.iso'")
     get.add_argument("paths", metavar="REMOTE [LOCAL]", nargs="+",
@@ -75,6 +77,8 @@ def _parser() -> argparse.ArgumentParser:
     get.add_argument("-r", "--recursive", action="store_true", help="copy folders and all they hold")
     get.add_argument("--restart", action="store_true", help="start from zero, not from a partial download")
     get.add_argument("-v", "--verbose", action="store_true", help="list every file that failed")
+    get.add_argument("--checksum", action="store_true",
+                     help="tell unchanged files by hash, not by size and modification time")
     ls = command("ls", "list a remote folder", "ftpclient ls -l docs")
     ls.add_argument("path", metavar="REMOTE_DIR", nargs="?", default="")
     ls.add_argument("-l", dest="long", action="store_true", help="type, size and modification time")
@@ -138,7 +142,7 @@ def _split(paths: list[str]) -> tuple[list[str], str | None]:
 
 def transfer(client: Client, paths: list[str], upload: bool, *, recursive: bool = False,
              restart: bool = False, quiet: bool = False, verbose: bool = False,
-             out: TextIO | None = None) -> bool:
+             checksum: bool = False, out: TextIO | None = None) -> bool:
     """Run a put or get as typed: one file with its bar, or a batch with two bars and a summary
     (listing every failure if ``verbose``, else a few).
 
@@ -155,8 +159,9 @@ def transfer(client: Client, paths: list[str], upload: bool, *, recursive: bool 
     plan = (plan_put if upload else plan_get)(client, sources, dest, recursive)
     with BatchBar(len(plan.jobs), plan.total, enabled) as bars:
         result = run_batch(client, plan, upload, restart,
-                           start=lambda job: bars.file(shown(job.local.name), job.size),
-                           finished=lambda job, done: bars.finished(done is not None))
+                           start=lambda job: bars.file(job, shown(job.local.name), job.size),
+                           finished=lambda job, done: bars.finished(job, done is not None, job.size),
+                           checksum=checksum)
     for line in result.summary(verbose):
         print(line, file=out or sys.stderr)
     return result.ok
@@ -184,12 +189,12 @@ def _single(client: Client, source: str, dest: str | None, upload: bool, restart
 
 def _put(client: Client, args: argparse.Namespace) -> int:
     return 0 if transfer(client, args.paths, True, recursive=args.recursive, restart=args.restart,
-                         quiet=args.quiet, verbose=args.verbose) else 1
+                         quiet=args.quiet, verbose=args.verbose, checksum=args.checksum) else 1
 
 
 def _get(client: Client, args: argparse.Namespace) -> int:
     return 0 if transfer(client, args.paths, False, recursive=args.recursive, restart=args.restart,
-                         quiet=args.quiet, verbose=args.verbose) else 1
+                         quiet=args.quiet, verbose=args.verbose, checksum=args.checksum) else 1
 
 
 def _ls(client: Client, args: argparse.Namespace) -> int:

@@ -12,6 +12,7 @@ import os
 import posixpath
 import select
 import socket
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Callable, NamedTuple
 
@@ -19,7 +20,7 @@ from ftpserver.errors import (ChecksumError, ConnectionLost, FTPError, IsADirect
                               NotFound, ProtocolError, Unreachable)
 from ftpserver.protocol import (META_SUFFIX, PARTIAL_SUFFIX, CHUNK_SIZE, check_reply, encode_frame,
                                 int_field, read_frame, text_field)
-from ftpserver.digest import HASHES, Checkpoint, version_tag
+from ftpserver.digest import HASHES, HEX_LENGTH, Checkpoint, version_tag
 from ftpserver.transfer import (FileHasher, ReceivingDigest, receive_body, receiving_digest, send_body,
                                 worth_saving)
 
@@ -94,6 +95,8 @@ class Client:
         self._sock, self._reader = self._connect()
         #: True until the first reply on this connection.
         self._fresh = True
+        #: Requests sent whose replies are still to be read (a pipeline).
+        self._in_flight = 0
 
     def _connect(self) -> tuple[socket.socket, BinaryIO]:
         host, port = self.host, self.port
@@ -132,7 +135,7 @@ class Client:
         self.close()
         self._mid_body = True  # until a new connection is up: a failed attempt is tried again
         self._sock, self._reader = self._connect()
-        self._mid_body, self._fresh = False, True
+        self._mid_body, self._fresh, self._in_flight = False, True, 0
         if self._credentials:
             self.login(*self._credentials)
         if self._cwd:
@@ -342,7 +345,8 @@ class Client:
         if log and restart:
             log.discard()
         reply = self.request("put", filename=target, filesize=size, resume=True,
-                             source=source, restart=restart, **self._hash_field())
+                             source=source, restart=restart,
+                             mtime_ns=os.fstat(file.fileno()).st_mtime_ns, **self._hash_field())
         self._mid_body = True  # the server now waits for the body: a failure ends the stream
         try:
             offset, name = int_field(reply, "offset", high=size), self._agreed_hash(reply)
@@ -459,14 +463,40 @@ class Client:
     def _get(self, remote: str, dest: Path, restart: bool, progress: ProgressCallback | None,
              hashing: ProgressCallback | None) -> TransferResult:
         partial = PartialDownload(dest)
+        checkpoint = self.request_get(remote, partial, restart)
+        return self.receive_get(partial, checkpoint, progress, hashing)
+
+    def request_get(self, remote: str, partial: PartialDownload,
+                    restart: bool = False) -> Checkpoint | None:
+        """Ask for ``remote`` into ``partial``, resuming what it holds unless ``restart``;
+        return the hash state of the bytes held, if kept.  The reply is read by
+        :meth:`receive_get`; several requests may be sent before (a pipeline)."""
         held, source, checkpoint = (0, None, None) if restart else partial.resumable()
-        self._send({"cmd": "get", "filename": remote, "offset": held, "source": source,
-                    **self._hash_field()})
-        reply = self._reply()
+        header = {"cmd": "get", "filename": remote, "offset": held, "source": source,
+                  **self._hash_field()}
+        if self._in_flight:
+            self._write(header)  # a reconnect would lose the replies on their way
+        else:
+            self._send(header)
+        self._in_flight += 1
+        return checkpoint if held else None
+
+    def receive_get(self, partial: PartialDownload, checkpoint: Checkpoint | None,
+                    progress: ProgressCallback | None = None,
+                    hashing: ProgressCallback | None = None) -> TransferResult:
+        """Receive the file asked for by :meth:`request_get`: verify it, give it the
+        server's modification time and its final name."""
+        self._in_flight -= 1
+        try:
+            reply = self._reply()
+        except (ConnectionLost, Unreachable):
+            self._in_flight = 0
+            raise
         self._mid_body = True
         size = int_field(reply, "filesize")
         offset, name = int_field(reply, "offset", high=size), self._agreed_hash(reply)
         filename = text_field(reply, "filename")
+        mtime_ns = int_field(reply, "mtime_ns", None)
         partial.start(filename, text_field(reply, "source"), size, offset)
         hasher = receiving_digest(partial.path, size, offset, checkpoint if offset else None,
                                   self.buffer_size, name)
@@ -479,6 +509,7 @@ class Client:
         except BaseException as error:
             hasher.cancel()
             self._abort()
+            self._in_flight = 0
             partial.save_checkpoint(hasher.checkpoint())
             if isinstance(error, OSError):
                 raise LocalError(f"cannot write {partial.path}: {error.strerror}") from None
@@ -490,8 +521,83 @@ class Client:
             partial.discard()
             raise ChecksumError(f"checksum mismatch for {shown(filename)}: received {name} "
                                 f"{digest}, the server's is {shown(str(trailer.get(name)))}")
-        partial.commit()
-        return TransferResult(filename, dest, size, offset, digest, hash=name)
+        partial.commit(mtime_ns)
+        return TransferResult(filename, partial.dest, size, offset, digest, hash=name)
+
+    # -- many files: plan and streamed puts (docs/PROTOCOL.md) -------------------
+
+    def plan(self, folders: list[str], files: list[dict[str, Any]]) -> dict[str, Any]:
+        """Ask the server to create ``folders`` and where the put of each of ``files``
+        starts.  Raises UnknownCommand from a server that does not know ``plan``."""
+        reply = self.request("plan", folders=folders, files=files, **self._hash_field())
+        answers = reply.get("files")
+        made = reply.get("folders")
+        if not isinstance(answers, list) or len(answers) != len(files) \
+                or not isinstance(made, list) or len(made) != len(folders) \
+                or not all(isinstance(a, dict) for a in answers) \
+                or not all(m is None or isinstance(m, dict) for m in made):
+            raise ProtocolError("the server's plan does not answer the files asked about")
+        for answer, entry in zip(answers, files):
+            if "error" not in answer:
+                int_field(answer, "offset", high=entry["size"])
+        if self._agreed_hash(reply) != self.hash:
+            raise ProtocolError(f"the server plans with {reply.get('hash')}, not {self.hash}")
+        return reply
+
+    def stream_put(self, file: BinaryIO, remote: str, size: int, offset: int, source: str,
+                   mtime_ns: int, more: bool, progress: ProgressCallback | None = None) -> None:
+        """Send a streamed put: header, body from ``offset`` and trailer, without waiting
+        for its reply (read it with :meth:`stream_reply`, after those of earlier ones).
+
+        A file that changed while it was sent is padded to its size and sent with a
+        trailer that cannot match, so the server refuses it and the stream stays in step.
+        """
+        header = {"cmd": "put", "stream": True, "filename": remote, "filesize": size,
+                  "offset": offset, "source": source, "mtime_ns": mtime_ns, "more": more,
+                  **self._hash_field()}
+        if self._in_flight:
+            self._write(header)
+        else:
+            self._send(header)
+        self._in_flight += 1
+        self._mid_body = True
+        hasher = FileHasher(file, size, hash=self.hash)
+        counter = _Counter(progress, offset, size)
+        try:
+            send_body(self._sock, file, offset, size - offset, counter)
+            digest = hasher.result()
+        except EOFError:
+            hasher.cancel()
+            self._pad(size - counter.done)
+            digest = "0" * HEX_LENGTH[self.hash]
+        except OSError as error:
+            hasher.cancel()
+            raise self._lost(error) from None
+        except BaseException:
+            hasher.cancel()
+            self._abort()
+            raise
+        self._write({self.hash: digest})
+
+    def _pad(self, count: int) -> None:
+        zeros = bytes(min(count, 1 << 20))
+        try:
+            while count:
+                count -= self._sock.send(zeros[:count])
+        except OSError as error:
+            raise self._lost(error) from None
+
+    def stream_reply(self) -> dict[str, Any]:
+        """The reply to the oldest streamed put still unanswered.  Raises its error."""
+        self._in_flight -= 1
+        try:
+            header = self._read()
+        except BaseException:
+            self._in_flight = 0
+            raise
+        if not self._in_flight:
+            self._mid_body = False
+        return check_reply(header)
 
 
 class PartialDownload:
@@ -542,9 +648,12 @@ class PartialDownload:
             fields = {**self._fields, "checkpoint": reached.kept_for(self.path).to_json()}
             self.meta.write_text(json.dumps(fields), "utf-8")
 
-    def commit(self) -> None:
-        """Give the complete, verified partial its final name."""
+    def commit(self, mtime_ns: int | None = None) -> None:
+        """Give the complete, verified partial its final name (and the server's copy's
+        modification time, when known)."""
         try:
+            if mtime_ns is not None:
+                os.utime(self.path, ns=(time.time_ns(), mtime_ns))
             os.replace(self.path, self.dest)
         except OSError as error:
             raise LocalError(f"cannot write {self.dest}: {error.strerror}") from None

@@ -56,8 +56,11 @@ class ProgressBar:
 class BatchBar:
     """Bars for a batch: the whole (files and bytes), the current file, and its hashing.
 
-    The whole counts what was really done: the bytes moved (a resumed file's
-    held bytes too), and a file found already there once it is known to be.
+    The whole counts what was really done: a file counts once the other end has
+    confirmed it (a file found already there, once it is known to be).  Files of
+    a pipeline are sent before their confirmations come; if the batch is cut,
+    the bytes of files sent but never confirmed are taken back off, all but
+    those of the last one, whose partial is kept for the resume.
     """
 
     def __init__(self, files: int, total: int, enabled: bool | None = None) -> None:
@@ -66,29 +69,39 @@ class BatchBar:
         self._overall: Any = _tqdm(total=total, desc=self._label(), position=0) if self.enabled else None
         self._current: ProgressBar | None = None
         self._hashing: ProgressBar | None = None
-        self._size = 0
+        #: Files started and not yet confirmed, in order: their bars (which keep their counts).
+        self._open: dict[object, tuple[ProgressBar, int]] = {}
 
     def _label(self) -> str:
         return f"{self.finished_files}/{self.files} files"
 
-    def file(self, label: str, size: int) -> tuple[ProgressBar | None, ProgressBar | None]:
-        """Start the next file's bars; return its transfer and hashing callbacks (None when silent)."""
+    def file(self, key: object, label: str, size: int) -> tuple[ProgressBar | None, ProgressBar | None]:
+        """Start the bars of file ``key``; return its transfer and hashing callbacks (None when silent)."""
         self._close_file()
         if not self.enabled:
             return None, None
         self._current = ProgressBar(label, True, position=1, on_advance=self._overall.update)
         self._hashing = ProgressBar(f"hashing {label}", True, position=2)
-        self._size = size
+        self._open[key] = (self._current, size)
         return self._current, self._hashing
 
-    def finished(self, ok: bool) -> None:
-        """The current file is done (``ok``: there, sent or found identical) or failed."""
-        if self._current is not None and ok:
-            # A file found already there never reported progress: count it whole.
-            self._overall.update(self._size - self._current.done)
+    def finished(self, key: object, ok: bool, size: int = 0) -> None:
+        """File ``key`` (of ``size`` bytes) is done (``ok``: there, sent or found identical)
+        or failed."""
+        if key not in self._open and ok and self._overall is not None:
+            self._overall.update(size)  # found already there without being started
             self.finished_files += 1
             self._overall.set_description(self._label())
-        self._close_file()
+        if key in self._open:
+            bar, size = self._open.pop(key)
+            # A file found already there never reported progress: count it whole;
+            # a failed one counts nothing.
+            self._overall.update(size - bar.done if ok else -bar.done)
+            if ok:
+                self.finished_files += 1
+                self._overall.set_description(self._label())
+        if self._current is not None and not self._open:
+            self._close_file()
 
     def _close_file(self) -> None:
         for bar in (self._current, self._hashing):
@@ -100,6 +113,9 @@ class BatchBar:
         """Finish the bars, the whole showing what was done (an interrupted file its bytes so far)."""
         self._close_file()
         if self._overall is not None:
+            unconfirmed = list(self._open.values())[:-1]
+            if unconfirmed:
+                self._overall.update(-sum(bar.done for bar, _ in unconfirmed))
             self._overall.close()
             self._overall = None
 

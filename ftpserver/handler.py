@@ -465,9 +465,9 @@ class FTPHandler(socketserver.StreamRequestHandler):
 
     def do_plan(self, header: dict[str, Any]) -> dict[str, Any]:
         """Before a batch of puts: create ``folders`` (kept if there), and tell for each of
-        ``files`` where its put starts: its size if the file is there and the same (by size
-        and modification time, or by hash when the entry carries a digest), the bytes
-        of a partial from the same source, or 0."""
+        ``files`` whether it is there and the same (by size and modification time, or by
+        hash when the entry carries a digest), else where its put starts: the bytes of a
+        partial from the same source, or 0."""
         folders, files = header.get("folders", []), header.get("files", [])
         if not isinstance(folders, list) or not isinstance(files, list) \
                 or len(folders) + len(files) > PLAN_MAX:
@@ -504,11 +504,11 @@ class FTPHandler(socketserver.StreamRequestHandler):
             there = None
         if there is not None and there.type == "file" and there.size == size:
             if digest is None and mtime_ns is not None and there.mtime_ns == mtime_ns:
-                return {"offset": size}
+                return {"offset": size, "same": True}
             if digest is not None:
                 with self.session.open_read(vpath)[1] as file:
                     if self.server.file_digest(file, algorithm) == digest:
-                        return {"offset": size}
+                        return {"offset": size, "same": True}
         return {"offset": self.session.resume_offset(name, size, source)}
 
     def do_login(self, header: dict[str, Any]) -> dict[str, Any]:

@@ -47,8 +47,9 @@ def test_plan_creates_folders_and_tells_where_each_put_starts(sock: socket.socke
     assert reply["ok"] is True
     assert reply["folders"] == [None, None, None]
     assert (storage_root / "a" / "b").is_dir()
-    offsets = [entry.get("offset", entry.get("error")) for entry in reply["files"]]
-    assert offsets == [0, 5, 0, 5, "is_directory", "forbidden"]
+    answers = [entry.get("error") or (entry["offset"], entry.get("same", False))
+               for entry in reply["files"]]
+    assert answers == [(0, False), (5, True), (0, False), (5, True), "is_directory", "forbidden"]
 
 
 def test_plan_tells_the_offset_of_a_partial_from_the_same_source(sock: socket.socket, port: int) -> None:
@@ -65,7 +66,7 @@ def test_plan_tells_the_offset_of_a_partial_from_the_same_source(sock: socket.so
                 {"name": "big.bin", "size": len(data), "source": "v2"}]})
             if reply["files"][0]["offset"]:
                 break
-        assert reply["files"] == [{"offset": 50_000}, {"offset": 0}]
+        assert reply["files"] == [{"offset": 50_000}, {"offset": 0}]  # not the same file yet
         again.sendall(streamed("big.bin", data, more=False, offset=50_000, source="v1"))
         assert recv_frame(again)["ok"] is True
 

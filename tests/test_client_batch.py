@@ -47,10 +47,10 @@ def test_put_tree_skips_names_not_utf8_and_sends_the_rest(port: int, storage_roo
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert result.stderr.startswith("2 transferred"), result.stderr
-    assert failures(result.stderr) == [  # folders first, then files in walk order
+    assert failures(result.stderr) == [  # folders first (with the files they held), then files
         "w/dir\\xfe: the name is not valid UTF-8, so it cannot be sent (rename it)",
-        "w/bad\\xff.txt: the name is not valid UTF-8, so it cannot be sent (rename it)",
         "w/dir\\xfe/inside.txt: not copied: folder w/dir\\xfe could not be made",
+        "w/bad\\xff.txt: the name is not valid UTF-8, so it cannot be sent (rename it)",
     ], result.stderr
     for name in ("good.txt", "z.txt"):
         assert md5_of(storage_root / "w" / name) == md5_of(tree / name)

@@ -375,10 +375,12 @@ class Terminal:
         self.fd = fd
         self.buffer = b""
 
-    def read_until(self, marker: bytes, timeout: float, start: int = 0) -> bytes:
-        """Read until ``marker`` appears after ``start``; return everything from ``start``."""
+    def read_until(self, marker: bytes | re.Pattern[bytes], timeout: float, start: int = 0) -> bytes:
+        """Read until ``marker`` (bytes, or a pattern) appears after ``start``; return
+        everything from ``start``."""
         deadline = time.monotonic() + timeout
-        while marker not in self.buffer[start:]:
+        while not (marker.search(self.buffer, start) if isinstance(marker, re.Pattern)
+                   else marker in self.buffer[start:]):
             left = deadline - time.monotonic()
             if left <= 0:
                 raise AssertionError(f"no {marker!r} within {timeout}s; got {self.buffer[start:][-2000:]!r}")
