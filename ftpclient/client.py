@@ -20,7 +20,7 @@ from ftpserver.errors import (ChecksumError, ConnectionLost, FTPError, IsADirect
                               NotFound, ProtocolError, Unreachable)
 from ftpserver.protocol import (META_SUFFIX, PARTIAL_SUFFIX, CHUNK_SIZE, check_reply, encode_frame,
                                 int_field, read_frame, text_field)
-from ftpserver.digest import HASHES, HEX_LENGTH, Checkpoint, version_tag
+from ftpserver.digest import HASHES, HEX_LENGTH, Checkpoint, available, version_tag
 from ftpserver.transfer import (FileHasher, ReceivingDigest, receive_body, receiving_digest, send_body,
                                 worth_saving)
 
@@ -84,8 +84,9 @@ class Client:
                  tls: ssl.SSLContext | None = None, hash: str = HASHES[0]) -> None:
         """``hash`` checks every transfer: md5 (the default) or sha256, which is
         faster on processors with SHA instructions."""
-        if hash not in HASHES:
-            raise ValueError(f"unknown hash {hash!r}: use one of {', '.join(HASHES)}")
+        if not available(hash):
+            raise ValueError(f"unknown or uninstalled hash {hash!r}: use one of "
+                             f"{', '.join(h for h in HASHES if available(h))}")
         self.host, self.port, self.buffer_size, self.hash = host, port, buffer_size, hash
         self._timeout, self._tls = timeout, tls
         self._credentials: tuple[str, str] | None = None
@@ -540,8 +541,8 @@ class Client:
         for answer, entry in zip(answers, files):
             if "error" not in answer:
                 int_field(answer, "offset", high=entry["size"])
-        if self._agreed_hash(reply) != self.hash:
-            raise ProtocolError(f"the server plans with {reply.get('hash')}, not {self.hash}")
+        # A server without the hash asked for checks with md5: so does this connection.
+        self.hash = self._agreed_hash(reply)
         return reply
 
     def stream_put(self, file: BinaryIO, remote: str, size: int, offset: int, source: str,

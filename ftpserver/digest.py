@@ -19,10 +19,12 @@ import struct
 from pathlib import Path
 from typing import Any, NamedTuple
 
-__all__ = ["Hash", "HASHES", "HEX_LENGTH", "Checkpoint", "resumable", "boot_id", "version_tag"]
+__all__ = ["Hash", "HASHES", "HEX_LENGTH", "Checkpoint", "available", "new_hash", "resumable",
+           "boot_id", "version_tag"]
 
-#: The hashes a transfer can be checked with; the first is the default.
-HASHES = ("md5", "sha256")
+#: The hashes a transfer can be checked with; the first is the default.  blake3 is
+#: known to every version; it is usable where its package is installed (:func:`available`).
+HASHES = ("md5", "sha256", "blake3")
 #: Room allocated for a context: more than the structs need, in case a build pads them.
 _ROOM = 256
 
@@ -82,12 +84,38 @@ def _has_fixed(layout: _Layout, fields: tuple[Any, ...]) -> bool:
 
 
 #: Hex digits in each hash's digest.
-HEX_LENGTH = {name: 2 * layout.size for name, layout in _LAYOUTS.items()}
+HEX_LENGTH = {**{name: 2 * layout.size for name, layout in _LAYOUTS.items()}, "blake3": 64}
+
+
+@functools.cache
+def _blake3() -> Any:
+    """The ``blake3`` package's hash (``pip install 'lan-ftp[fast]'``), or None."""
+    try:
+        from blake3 import blake3
+    except ImportError:
+        return None
+    return blake3
+
+
+def available(name: str) -> bool:
+    """Whether hash ``name`` can be computed here (blake3 needs its package)."""
+    return name in HASHES and (name != "blake3" or _blake3() is not None)
+
+
+def new_hash(name: str) -> Any:
+    """A plain hash object of ``name`` (update, hexdigest).  Raises KeyError if unavailable."""
+    if name == "blake3":
+        blake3 = _blake3()
+        if blake3 is None:
+            raise KeyError("blake3 is not installed: pip install 'lan-ftp[fast]'")
+        return blake3(max_threads=1)  # one core: the other end hashes too
+    return hashlib.new(name)
 
 
 def resumable(name: str = "md5") -> bool:
-    """Whether states of hash ``name`` can be saved here."""
-    return _functions(name) is not None
+    """Whether states of hash ``name`` can be saved here (never blake3's: a resume
+    hashes the bytes held again, at several GB/s)."""
+    return name in _LAYOUTS and _functions(name) is not None
 
 
 def version_tag(st: os.stat_result) -> str:
@@ -169,7 +197,8 @@ class Checkpoint(NamedTuple):
 
 
 class Hash:
-    """A hash (md5 or sha256) that can save its state at any point (:meth:`checkpoint`)."""
+    """A hash (md5, sha256 or blake3); md5's and sha256's can save their state at any
+    point (:meth:`checkpoint`)."""
 
     def __init__(self, name: str = "md5", start: Checkpoint | None = None,
                  savable: bool = True) -> None:
@@ -178,13 +207,16 @@ class Hash:
         file, quick to hash again), plain hashlib does the work and there is no state."""
         self.name = name
         self.length = 0
-        self._layout = _LAYOUTS[name]
-        self._functions = _functions(name) if savable or start is not None else None
+        if name not in HASHES:
+            raise KeyError(name)
+        self._layout = _LAYOUTS.get(name)  # type: ignore[assignment]
+        self._functions = _functions(name) if self._layout and (savable or start is not None) \
+            else None
         self._hashlib = None
         if self._functions is None:
             if start is not None:
                 raise ValueError(f"{name} states cannot be restored here")
-            self._hashlib = hashlib.new(name)
+            self._hashlib = new_hash(name)
             return
         import ctypes  # only here: a command that moves small files does not pay for it
 

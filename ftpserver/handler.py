@@ -20,7 +20,7 @@ import time
 from typing import TYPE_CHECKING, Any, Callable
 
 from .auth import ScramServer
-from .digest import HASHES, HEX_LENGTH, Checkpoint, version_tag
+from .digest import HASHES, HEX_LENGTH, Checkpoint, available, version_tag
 from .errors import (AuthFailed, ChecksumError, ConnectionLost, FramingError, FTPError,
                      InternalError, NotFound, ProtocolError, QuotaExceeded, StaleOffset,
                      UnknownCommand)
@@ -64,6 +64,8 @@ def _hash_name(header: dict[str, Any]) -> str:
     name = text_field(header, "hash", HASHES[0])
     if name not in HASHES:
         raise ProtocolError(f"unknown hash {printable(name)!r}: use one of {', '.join(HASHES)}")
+    if not available(name):
+        return HASHES[0]  # asked for a hash this server cannot compute: md5, as it says in its reply
     return name
 
 
@@ -269,7 +271,7 @@ class FTPHandler(socketserver.StreamRequestHandler):
         """Describe one file or folder; with ``md5`` (or ``sha256``) true, a file's hash too."""
         vpath, entry = self.session.stat(text_field(header, "path"))
         reply = ok_reply(path=vpath, entry=entry.to_json())
-        wanted = [name for name in HASHES if bool_field(header, name)]
+        wanted = [name for name in HASHES if bool_field(header, name) and available(name)]
         if wanted and entry.type == "file":
             with self.session.open_read(vpath)[1] as file:
                 for name in wanted:
