@@ -546,9 +546,8 @@ class TreeBench:
         lines = ["", head + " Whole commands, wall time in seconds, median (min-max) of "
                  f"{runs} runs; 2 ms RTT = through a proxy on 127.0.0.1 holding back every "
                  f"chunk 1 ms each way (a ping through it: {self.rtt * 1000:.2f} ms).", ""]
-        columns = [("ours", "ours"), ("rsync", "rsync")]
-        if "rsync_fsync" in self.tools:
-            columns.append(("rsync_fsync", "rsync --fsync"))
+        titles = {"ours": "ours", "rsync": "rsync", "rsync_fsync": "rsync --fsync"}
+        columns = [(tool, titles[tool]) for tool in TOOLS if tool in self.tools]
         header = "| folder transfer | " + " | ".join(
             title if tool == "ours" else f"{title} | ours / {title}" for tool, title in columns)
         lines += [header + " |", "|---|" + "---:|" * (2 * len(columns) - 1)]
