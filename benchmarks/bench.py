@@ -9,9 +9,14 @@ How to run, from the repository root (pyftpdlib comes with the ``bench`` extra):
     python benchmarks/bench.py --only ours,pyftpdlib --runs 3
     python benchmarks/bench.py --size 256MiB
     python benchmarks/bench.py --big         # also a 5 GiB put and get (peak RSS)
+    python benchmarks/bench.py --only trees  # folder transfers beside rsync (--quick: 500 files)
 
 ``python -m benchmarks.bench`` works the same.  Groups for ``--only``:
-md5, raw, pyftpdlib, ours, resume, threads, cli, idle, big.
+md5, raw, pyftpdlib, ours, resume, threads, cli, idle, trees, big.
+
+The ``trees`` group (benchmarks/trees.py) times whole ``ftpclient put -r`` / ``get -r``
+commands beside ``rsync -a`` against an rsync daemon, on loopback and through a proxy
+adding a 2 ms round trip, and prints its own table of ratios ours / rsync.
 
 Every server runs in its own process on 127.0.0.1 with an ephemeral port: ours is
 ``python -m ftpserver`` with a temporary config.yaml and root, pyftpdlib a small
@@ -56,6 +61,8 @@ REPO = BENCH.parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from benchmarks.trees import TreeBench  # noqa: E402  (needs REPO on sys.path)
+
 LOOPBACK = "127.0.0.1"
 KiB, MiB, GiB = 1024, 1024**2, 1024**3
 MB = 1_000_000
@@ -63,9 +70,9 @@ SMALL_SIZE = 1_000_000          # the "1 MB" files of the concurrency measures
 IDLE_BATCH = 50
 BIG_SIZE = 5 * GiB
 FTP_BLOCK = MiB                 # ftplib storbinary/retrbinary blocksize
-GROUPS = ("md5", "raw", "pyftpdlib", "ours", "resume", "threads", "cli", "idle", "big")
+GROUPS = ("md5", "raw", "pyftpdlib", "ours", "resume", "threads", "cli", "idle", "trees", "big")
 #: Slow groups run at most this many times unless --runs is given: keeps the default run short.
-HEAVY_RUNS = {"cli": 3, "resume": 3}
+HEAVY_RUNS = {"cli": 3, "resume": 3, "trees": 3}
 SHA256_SIZE = 256 * MiB         # sha256 is only a reference: a smaller buffer total will do
 CHILD_ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(
     [str(REPO)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []))}
@@ -383,6 +390,7 @@ class Bench:
         self.jobs = 2 * (os.cpu_count() or 1)
         self.idle = 500
         self.server_cpu: float | None = None
+        self.trees: TreeBench | None = None
         self.names = {"n": self.clients, "jobs": self.jobs, "idle": self.idle,
                       "big": human_size(BIG_SIZE)}
 
@@ -585,6 +593,11 @@ class Bench:
             self.record(f"cli_{name}", done["files"] / done["seconds"], rss, done["hwm"])
             self.record_cpu(f"cli_{name}", self.server_cpu, done["cpu"], done["files"] / 100)
 
+    def bench_trees(self, run: int) -> None:
+        if self.trees is None:
+            self.trees = TreeBench(self.tmp, self.args.quick, CHILD_ENV, lambda: self.server("ours"))
+        self.trees.round(run)
+
     def _clean(self, server: Server, prefix: str) -> None:
         for path in server.root.glob(f"*{prefix}*"):
             remove(path)
@@ -764,6 +777,8 @@ class Bench:
             self.result(key).error = str(error).splitlines()[0][:120] if str(error) else repr(error)
 
     def stop(self) -> None:
+        if self.trees is not None:
+            self.trees.stop()
         for server in self.servers.values():
             server.stop()
         self.servers.clear()
@@ -882,10 +897,15 @@ def _cpu_table(results: dict[str, Result]) -> list[str]:
 def render(bench: Bench) -> str:
     args, results = bench.args, dict(bench.results)
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    machine = (f"ftpserver benchmark, {now}: Python {platform.python_version()}, "
+               f"{os.cpu_count()} cores, {platform.system()} {platform.release()} "
+               f"({platform.machine()})")
+    trees = bench.trees.render(bench.runs_of("trees")) if bench.trees else []
+    if not results:
+        return "\n".join([machine] + trees)
     lines = [
-        f"ftpserver benchmark, {now}: Python {platform.python_version()}, "
-        f"{os.cpu_count()} cores, {platform.system()} {platform.release()} ({platform.machine()}); "
-        f"main file {human_size(bench.size)}, {args.runs} runs, loopback; MB = 10^6 bytes",
+        f"{machine}; main file {human_size(bench.size)}, {args.runs} runs, loopback; "
+        "MB = 10^6 bytes",
         "",
         "| measure | median | min-max | unit | server RSS | client RSS |",
         "|---|---:|---:|---|---:|---:|",
@@ -928,7 +948,7 @@ def render(bench: Bench) -> str:
         "during the samples; 'bound' is the rate if every core did only that work. "
         "Rates are computed from the medians; all files sit in the page cache.",
     ]
-    return "\n".join(lines)
+    return "\n".join(lines + trees)
 
 
 # -- workers (run in their own processes) --------------------------------------
@@ -1145,7 +1165,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Benchmark ftpserver/ftpclient beside pyftpdlib; prints one Markdown table.")
     parser.add_argument("--quick", action="store_true",
-                        help="64 MiB file, 3 runs, 10 one-command transfers")
+                        help="64 MiB file, 3 runs, 10 one-command transfers, trees of 500 files")
     parser.add_argument("--size", type=parse_size, help="main file size (default 1GiB, 64MiB quick)")
     parser.add_argument("--runs", type=int,
                         help="samples per measure (default 5, 3 quick; without --runs the slow "
