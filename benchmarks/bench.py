@@ -289,7 +289,9 @@ def start_ours(tmp: Path) -> Server:
     root.mkdir(exist_ok=True)
     config = tmp / "ours_config.yaml"
     # JSON is YAML: every other key keeps the product's default.
-    config.write_text(f"root: {json.dumps(str(root))}\nanonymous: true\n")
+    # Hundreds of benchmark clients come from one address: lift the per-address limit.
+    config.write_text(f"root: {json.dumps(str(root))}\nanonymous: true\nmax_per_address: 1024\n"
+                      f"max_connections: 1024\n")
     command = [sys.executable, "-m", "ftpserver", "--config", str(config),
                "--host", LOOPBACK, "--port", "0"]
     return _start("ftpserver", command, root, _log_path(tmp, "ours"),
