@@ -21,8 +21,8 @@ from ftpserver.errors import (ChecksumError, ConnectionLost, FTPError, IsADirect
 from ftpserver.protocol import (META_SUFFIX, PARTIAL_SUFFIX, CHUNK_SIZE, check_reply, encode_frame,
                                 int_field, read_frame, text_field)
 from ftpserver.digest import HASHES, HEX_LENGTH, Checkpoint, available, version_tag
-from ftpserver.transfer import (FileHasher, ReceivingDigest, receive_body, receiving_digest, send_body,
-                                worth_saving)
+from ftpserver.transfer import (FileHasher, ReceivingDigest, Writeback, receive_body, receiving_digest,
+                                send_body, worth_saving)
 
 from .checkpoints import CheckpointLog
 from .names import shown
@@ -484,9 +484,11 @@ class Client:
 
     def receive_get(self, partial: PartialDownload, checkpoint: Checkpoint | None,
                     progress: ProgressCallback | None = None,
-                    hashing: ProgressCallback | None = None) -> TransferResult:
-        """Receive the file asked for by :meth:`request_get`: verify it, give it the
-        server's modification time and its final name."""
+                    hashing: ProgressCallback | None = None,
+                    commit: bool = True) -> TransferResult:
+        """Receive the file asked for by :meth:`request_get` and verify it; with ``commit``,
+        flush it to disk and give it the server's modification time and its final name
+        (else the caller commits it: :meth:`PartialDownload.commit`, as a group does)."""
         self._in_flight -= 1
         try:
             reply = self._reply()
@@ -504,8 +506,11 @@ class Client:
         try:
             with open(partial.path, "r+b", buffering=0) as file:
                 file.seek(offset)
+                counter = _Counter(progress, offset, size)
+                writeback = Writeback(file.fileno(), offset) if size - offset > Writeback.EVERY \
+                    else None
                 receive_body(self._reader, file, size - offset, self.buffer_size, hasher,
-                             _Counter(progress, offset, size))
+                             counter if writeback is None else _both(counter, writeback))
             trailer = self._end_of_body()
         except BaseException as error:
             hasher.cancel()
@@ -522,7 +527,9 @@ class Client:
             partial.discard()
             raise ChecksumError(f"checksum mismatch for {shown(filename)}: received {name} "
                                 f"{digest}, the server's is {shown(str(trailer.get(name)))}")
-        partial.commit(mtime_ns)
+        partial.mtime_ns = mtime_ns
+        if commit:
+            partial.commit(sync=True)
         return TransferResult(filename, partial.dest, size, offset, digest, hash=name)
 
     # -- many files: plan and streamed puts (docs/PROTOCOL.md) -------------------
@@ -610,6 +617,8 @@ class PartialDownload:
         self.path = dest.with_name(dest.name + PARTIAL_SUFFIX)
         self.meta = dest.with_name(dest.name + META_SUFFIX)
         self._fields: dict[str, Any] = {}
+        #: The server's modification time of the file, given to the copy on commit.
+        self.mtime_ns: int | None = None
 
     def resumable(self) -> tuple[int, str | None, Checkpoint | None]:
         """Return the bytes held, the server's tag for them and their hash checkpoint,
@@ -649,12 +658,16 @@ class PartialDownload:
             fields = {**self._fields, "checkpoint": reached.kept_for(self.path).to_json()}
             self.meta.write_text(json.dumps(fields), "utf-8")
 
-    def commit(self, mtime_ns: int | None = None) -> None:
-        """Give the complete, verified partial its final name (and the server's copy's
-        modification time, when known)."""
+    def commit(self, sync: bool = False) -> None:
+        """Give the complete, verified partial its final name and the server's copy's
+        modification time (:attr:`mtime_ns`, when known); with ``sync``, flush it to
+        disk first (a group commit flushes its files together before)."""
         try:
-            if mtime_ns is not None:
-                os.utime(self.path, ns=(time.time_ns(), mtime_ns))
+            if self.mtime_ns is not None:
+                os.utime(self.path, ns=(time.time_ns(), self.mtime_ns))
+            if sync:
+                with open(self.path, "rb") as file:
+                    os.fsync(file.fileno())
             os.replace(self.path, self.dest)
         except OSError as error:
             raise LocalError(f"cannot write {self.dest}: {error.strerror}") from None
@@ -716,6 +729,13 @@ def _unsendable(header: dict[str, Any]) -> str:
             except UnicodeEncodeError:
                 return f"{shown(value)}: the name is not valid UTF-8, so it cannot be sent (rename it)"
     return "a field is not valid UTF-8"
+
+
+def _both(first: Callable[[int], None], second: Callable[[int], None]) -> Callable[[int], None]:
+    def call(count: int) -> None:
+        first(count)
+        second(count)
+    return call
 
 
 def _get_target(remote: str, local: str | os.PathLike[str] | None) -> Path:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, BinaryIO, Callable, Iterator
 from ftpserver.digest import Checkpoint, version_tag
 from ftpserver.errors import (ChecksumError, ConnectionLost, FTPError, LocalError, StaleOffset,
                               Unreachable, UnknownCommand)
-from ftpserver.transfer import FileHasher, worth_saving
+from ftpserver.transfer import FileHasher, sync_all, worth_saving
 
 from .client import Client, PartialDownload, ProgressCallback, TransferResult
 from .names import shown
@@ -283,12 +283,34 @@ def get_files(client: Client, jobs: list[Job], *, restart: bool = False, checksu
                 continue
             in_flight.append((job, partial, checkpoint, fresh))
 
+    held: list[tuple[Job, TransferResult, PartialDownload]] = []
+
+    def commit_held() -> None:
+        """Flush the verified files to disk together, then give them their names."""
+        group, held[:] = list(held), []
+        try:
+            _sync_paths([partial.path for _, _, partial in group])
+        except OSError as error:
+            for job, _, _ in group:
+                failed(shown(job.remote), f"cannot write it: {error.strerror or error}")
+                finished(job, None)
+            return
+        for job, result, partial in group:
+            try:
+                partial.commit()
+            except LocalError as error:
+                failed(shown(job.remote), str(error))
+                finished(job, None)
+                continue
+            finished(job, result)
+            done.append(result)
+
     fill()
     while in_flight:
         job, partial, checkpoint, fresh = in_flight.popleft()
         progress, hashing = start(job)
         try:
-            result = client.receive_get(partial, checkpoint, progress, hashing)
+            result = client.receive_get(partial, checkpoint, progress, hashing, commit=False)
         except ChecksumError as error:  # the stream is in step: try it once more from zero
             if fresh or job.local in retried:
                 failed(shown(job.remote), str(error))
@@ -302,15 +324,30 @@ def get_files(client: Client, jobs: list[Job], *, restart: bool = False, checksu
             queue.extendleft(reversed([(j, f) for j, _, _, f in in_flight]))
             in_flight.clear()
         except (ConnectionLost, Unreachable):
+            commit_held()  # what arrived whole is kept
             raise
         except FTPError as error:
             failed(shown(job.remote), str(error))
             finished(job, None)
         else:
-            finished(job, result)
-            done.append(result)
+            held.append((job, result, partial))
+            if len(held) >= WINDOW_FILES or sum(r.size for _, r, _ in held) >= WINDOW_BYTES:
+                commit_held()
         fill()  # keep the window full while the next one arrives
+    commit_held()
     return done
+
+
+def _sync_paths(paths: list[Path]) -> None:
+    """Flush the files at ``paths`` to disk, in parallel.  Raises OSError."""
+    fds = []
+    try:
+        for path in paths:
+            fds.append(os.open(path, os.O_RDONLY))
+        sync_all(fds)
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 def _get_one(client: Client, job: Job, restart: bool, start: Start, finished: Finished,

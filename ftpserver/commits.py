@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import logging
 import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from .errors import FTPError, InternalError, NotFound, QuotaExceeded
 from .protocol import error_reply
 from .session import Upload
+from .transfer import sync_all
 
 __all__ = ["CommitGroup", "GROUP_FILES", "GROUP_BYTES"]
 
@@ -29,28 +29,6 @@ log = logging.getLogger(__name__)
 #: Most files and bytes a group holds before it is committed anyway.
 GROUP_FILES = 256
 GROUP_BYTES = 64 * 1024 * 1024
-#: Threads issuing fsyncs at once (for all connections).
-SYNC_THREADS = 8
-
-_pool: ThreadPoolExecutor | None = None
-
-
-def _sync_pool() -> ThreadPoolExecutor:
-    global _pool
-    if _pool is None:
-        _pool = ThreadPoolExecutor(SYNC_THREADS, thread_name_prefix="fsync")
-    return _pool
-
-
-def sync_all(fds: list[int]) -> None:
-    """fsync every descriptor, in parallel when there are several.  Raises OSError."""
-    if len(fds) == 1:
-        os.fsync(fds[0])
-    elif fds:
-        for _ in _sync_pool().map(os.fsync, fds):
-            pass
-
-
 @dataclass
 class _Pending:
     upload: Upload

@@ -28,8 +28,7 @@ from .protocol import (bool_field, encode_frame, error_reply, int_field, loggabl
                        printable, read_frame, shorten, text_field)
 from .commits import CommitGroup
 from .session import Upload
-from .transfer import FileHasher, receive_body, receiving_digest, send_body
-from .uploads import Writeback
+from .transfer import FileHasher, Writeback, receive_body, receiving_digest, send_body
 
 if TYPE_CHECKING:
     from .server import FTPServer

@@ -220,6 +220,10 @@ class FTPServer(socketserver.ThreadingTCPServer):
         super().server_close()
         if self.state:
             self.state.close()
+        for account in self.accounts.values():
+            account.storage.close()
+        if self.anonymous_storage:
+            self.anonymous_storage.close()
 
     # -- shared state for handlers --------------------------------------------
 

@@ -229,6 +229,23 @@ class Storage:
         self.excluded = tuple(Path(os.path.realpath(path)) for path in excluded)
         self._excluded_ids: frozenset[tuple[int, int]] = frozenset()
         self._excluded_at = float("-inf")
+        #: The root folder, opened once and held: every path is resolved from it.
+        self._root: int | None = os.open(self.root, _FOLDER_FLAGS & ~_NOFOLLOW)
+
+    def _root_fd(self) -> int:
+        if self._root is None:
+            raise OSError(errno.EBADF, "the storage is closed")
+        return self._root
+
+    def close(self) -> None:
+        """Let go of the root folder."""
+        if self._root is not None:
+            os.close(self._root)
+            self._root = None
+
+    def __del__(self) -> None:
+        if getattr(self, "_root", None) is not None:
+            self.close()
 
     # -- paths ---------------------------------------------------------------
 
@@ -283,7 +300,7 @@ class Storage:
             return self._resolve(names, vpath, follow)
 
     def _resolve(self, names: list[str], vpath: str, follow: bool) -> Place:
-        stack = [os.open(self.root, _FOLDER_FLAGS & ~_NOFOLLOW)]
+        stack = [os.dup(self._root_fd())]
         todo = names[::-1]
         links = 0
         try:

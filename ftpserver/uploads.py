@@ -19,17 +19,15 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import functools
 import json
 import logging
 import os
 import socket
 import stat as st
-import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from .digest import Checkpoint
 from .errors import Busy, NotFound
@@ -37,7 +35,7 @@ from .locks import try_lock, wait_lock
 from .protocol import META_SUFFIX, PARTIAL_SUFFIX
 from .storage import Place, Storage
 
-__all__ = ["PartialUpload", "Claims", "Writeback", "sweep_partials", "refuse_if_claimed"]
+__all__ = ["PartialUpload", "Claims", "sweep_partials", "refuse_if_claimed"]
 
 log = logging.getLogger(__name__)
 
@@ -50,49 +48,6 @@ _OPEN = os.O_RDWR | _NOFOLLOW | _NONBLOCK | _CLOEXEC
 _CREATE = os.O_RDWR | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC
 #: Seconds a put resuming the same source waits for an interrupted writer to let go.
 TAKEOVER_WAIT = 10.0
-
-
-class Writeback:
-    """Starts writing a file's received bytes to disk every :attr:`EVERY` bytes, while
-    more arrive, so the fsync that commits it has little left to wait for.
-
-    Called with the size of each write, as a progress callback.  Uses Linux's
-    sync_file_range, which only starts the writing; elsewhere it does nothing.
-    """
-
-    #: Bytes between two starts: big enough to cost nothing, small enough to keep
-    #: the disk busy while the network is.
-    EVERY = 16 * 1024 * 1024
-
-    def __init__(self, fd: int, offset: int) -> None:
-        self.fd, self.started, self.end = fd, offset, offset
-        self._start = _sync_file_range()
-
-    def __call__(self, count: int) -> None:
-        self.end += count
-        if self._start and self.end - self.started >= self.EVERY:
-            if self._start(self.fd, self.started, self.end - self.started, _SYNC_FILE_RANGE_WRITE):
-                self._start = None  # refused (say, a file system without it): stop asking
-            self.started = self.end
-
-
-_SYNC_FILE_RANGE_WRITE = 2
-
-
-@functools.cache
-def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
-    """libc's sync_file_range (Linux), or None where there is none."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        import ctypes
-
-        function = ctypes.CDLL(None, use_errno=True).sync_file_range
-    except (ImportError, OSError, AttributeError):
-        return None
-    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    function.restype = ctypes.c_int
-    return function
 
 
 def _identity(info: os.stat_result) -> tuple[int, int]:
@@ -274,9 +229,10 @@ class PartialUpload:
 
     def _write_meta(self) -> None:
         # Written in place: a torn write fails to parse, which only means "start from zero".
+        # Never truncated to zero first: ext4 then flushes the file on close (auto_da_alloc).
         data = json.dumps(self._meta).encode("utf-8")
-        os.ftruncate(self.meta_fd, 0)
         os.pwrite(self.meta_fd, data, 0)
+        os.ftruncate(self.meta_fd, len(data))
 
     def commit(self, sync: bool = True) -> os.stat_result:
         """Move the complete partial to the final name in one step, forget its metadata,

@@ -28,7 +28,7 @@ from ftpserver.digest import Checkpoint, Hash, resumable
 HASHES = ("md5", "sha256")
 from ftpserver.errors import ConnectionLost
 from ftpserver.server import FTPServer
-from ftpserver.uploads import Writeback
+from ftpserver.transfer import Writeback
 
 from helpers import LOOPBACK, CuttingProxy, ask, md5_of, random_file
 from test_resume import client_partial, server_partial, wait_released

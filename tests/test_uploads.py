@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ftpserver.uploads import Writeback
+from ftpserver.transfer import Writeback
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="sync_file_range is Linux's")
