@@ -260,20 +260,11 @@ def run_batch(client: Client, plan: Plan, upload: bool, restart: bool = False,
     elif not upload:
         result.done += pipeline.get_files(client, jobs, restart=restart, checksum=checksum,
                                           start=start, finished=finished, failed=failed)
-    else:
+    else:  # a server from before plans: one file at a time
         for job in jobs:
-            progress, hashing = start(job)
-            try:
-                done = client.put(job.local, job.remote, restart=restart, progress=progress,
-                                  exact=True, hashing=hashing)
-            except (ConnectionLost, Unreachable):
-                raise
-            except FTPError as error:
-                failed(shown(job.local), str(error))
-                finished(job, None)
-                continue
-            result.done.append(done)
-            finished(job, done)
+            done = pipeline.move_one(client, job, True, restart, start, finished, failed)
+            if done is not None:
+                result.done.append(done)
     return result
 
 

@@ -28,7 +28,7 @@ from .names import shown
 if TYPE_CHECKING:
     from .batch import Job
 
-__all__ = ["put_files", "get_files", "WINDOW_FILES", "WINDOW_BYTES"]
+__all__ = ["make_folders", "put_files", "get_files", "move_one", "WINDOW_FILES", "WINDOW_BYTES"]
 
 #: Files (and body bytes) sent before a window's replies are read: what the
 #: server commits as one group.
@@ -105,7 +105,7 @@ def put_files(client: Client, jobs: list[Job], *, restart: bool = False, checksu
     for upload in needed:
         if isinstance(upload, _Upload) and worth_saving(upload.size):
             # A large file goes alone, by the resumable put that keeps hash states.
-            result = _put_one(client, upload.job, restart, start, finished, failed)
+            result = move_one(client, upload.job, True, restart, start, finished, failed)
             if result is not None:
                 done.append(result)
     for _ in range(2):  # a second pass for files whose partial went stale meanwhile
@@ -165,16 +165,19 @@ def _plan(client: Client, uploads: list[_Upload], restart: bool, checksum: bool,
     return out
 
 
-def _put_one(client: Client, job: Job, restart: bool, start: Start, finished: Finished,
-             failed: Failed) -> TransferResult | None:
+def move_one(client: Client, job: Job, upload: bool, restart: bool, start: Start,
+             finished: Finished, failed: Failed) -> TransferResult | None:
+    """Move one file by a single put or get (its own round trips); None if it failed."""
     progress, hashing = start(job)
+    move = client.put if upload else client.get
     try:
-        result = client.put(job.local, job.remote, restart=restart, progress=progress,
-                            exact=True, hashing=hashing)
+        result = move(job.local if upload else job.remote,  # type: ignore[operator]
+                      job.remote if upload else job.local, restart=restart, progress=progress,
+                      exact=True, hashing=hashing)
     except (ConnectionLost, Unreachable):
         raise
     except FTPError as error:
-        failed(shown(job.local), str(error))
+        failed(shown(job.local if upload else job.remote), str(error))
         finished(job, None)
         return None
     finished(job, result)
@@ -263,7 +266,7 @@ def get_files(client: Client, jobs: list[Job], *, restart: bool = False, checksu
             queue.append((job, restart))
     if checksum:
         for job, _ in queue:  # compared by hash: one file at a time
-            result = _get_one(client, job, restart, start, finished, failed)
+            result = move_one(client, job, False, restart, start, finished, failed)
             if result is not None:
                 done.append(result)
         return done
@@ -348,22 +351,6 @@ def _sync_paths(paths: list[Path]) -> None:
     finally:
         for fd in fds:
             os.close(fd)
-
-
-def _get_one(client: Client, job: Job, restart: bool, start: Start, finished: Finished,
-             failed: Failed) -> TransferResult | None:
-    progress, hashing = start(job)
-    try:
-        result = client.get(job.remote, job.local, restart=restart, progress=progress,
-                            exact=True, hashing=hashing)
-    except (ConnectionLost, Unreachable):
-        raise
-    except FTPError as error:
-        failed(shown(job.remote), str(error))
-        finished(job, None)
-        return None
-    finished(job, result)
-    return result
 
 
 def _same_local(job: Job) -> TransferResult | None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -37,15 +38,48 @@ class _Pending:
 
 
 class CommitGroup:
-    """The verified uploads of one connection whose replies wait for a group commit."""
+    """The verified uploads of one connection whose replies wait for a group commit.
+
+    A full group can be committed in the background (:meth:`commit_later`) while the
+    connection receives the next files; :meth:`wait` lets it finish before anything
+    else is sent, so replies keep the order of the requests.
+    """
 
     def __init__(self, sync: bool) -> None:
         self.sync = sync
         self._pending: list[_Pending] = []
         self._bytes = 0
+        self._committing: threading.Thread | None = None
 
     def __len__(self) -> int:
-        return len(self._pending)
+        """Uploads held, those being committed in the background included."""
+        return len(self._pending) + (self._committing is not None)
+
+    def commit_later(self, send: Callable[[dict[str, Any]], None]) -> None:
+        """Commit the held uploads on a thread of their own and ``send`` their replies
+        from it, in order, after those of any earlier group."""
+        self.wait()
+        group = self._take()
+        self._committing = threading.Thread(target=self._commit_and_send, args=(group, send),
+                                            name="commit", daemon=True)
+        self._committing.start()
+
+    def _commit_and_send(self, group: list[_Pending], send: Callable[[dict[str, Any]], None]) -> None:
+        for reply in self._commit(group):
+            try:
+                send(reply)
+            except OSError:
+                pass  # the client is gone: the files are committed all the same
+
+    def wait(self) -> None:
+        """Let a group being committed in the background finish."""
+        if self._committing is not None:
+            self._committing.join()
+            self._committing = None
+
+    def _take(self) -> list[_Pending]:
+        group, self._pending, self._bytes = self._pending, [], 0
+        return group
 
     def add(self, upload: Upload, reply: dict[str, Any],
             remember: Callable[[os.stat_result], None]) -> bool:
@@ -55,9 +89,13 @@ class CommitGroup:
         return len(self._pending) >= GROUP_FILES or self._bytes >= GROUP_BYTES
 
     def commit(self) -> list[dict[str, Any]]:
-        """Flush, rename and close every held upload; return their replies in order
-        (an error reply for one that could not be committed)."""
-        pending, self._pending, self._bytes = self._pending, [], 0
+        """Flush, rename and close every held upload (after any group being committed in
+        the background); return their replies in order (an error reply for one that
+        could not be committed)."""
+        self.wait()
+        return self._commit(self._take())
+
+    def _commit(self, pending: list[_Pending]) -> list[dict[str, Any]]:
         if not pending:
             return []
         replies: list[dict[str, Any] | None] = [None] * len(pending)

@@ -241,7 +241,11 @@ class FTPHandler(socketserver.StreamRequestHandler):
             super().finish()
 
     def send(self, header: dict[str, Any]) -> None:
-        """Send one header frame."""
+        """Send one header frame (after the replies of a group being committed)."""
+        self.commits.wait()
+        self._write(header)
+
+    def _write(self, header: dict[str, Any]) -> None:
         self.wfile.write(encode_frame(header))
 
     def _send_quietly(self, header: dict[str, Any]) -> None:
@@ -424,7 +428,8 @@ class FTPHandler(socketserver.StreamRequestHandler):
                                                  **{algorithm: digest}),
                                 lambda info: self.server.digests.put(info, digest, algorithm))
         if full or not more:
-            self.commit_held()
+            # Flushed in the background while the next files arrive.
+            self.commits.commit_later(self._write)
         return None
 
     def _refuse_body(self, count: int) -> None:
