@@ -581,4 +581,4 @@ class FTPHandler(socketserver.StreamRequestHandler):
         vpath, _ = self.session.stat(text_field(header, "path"))
         share = book.create(self.user, vpath, expires)
         self.subject = vpath
-        return ok_reply(path=vpath, **share.to_json(), **web)
+        return ok_reply(**share.to_json(), **web)
