@@ -13,7 +13,9 @@ import http.client
 import io
 import json
 import os
+import shutil
 import socket
+import subprocess
 import threading
 import time
 import urllib.parse
@@ -456,3 +458,99 @@ def test_abandoned_uploads_expire(web: Web, tmp_path: Path) -> None:
     os.utime(record, (stale, stale))
     assert tus.TusUploads(record.parent.parent, 60).sweep(force=True) == 1
     assert not record.exists()
+
+
+# -- the page's script, in node with a stand-in DOM ---------------------------------------
+
+_NODE_PAGE = r"""
+const fs = require("fs");
+const [script, storePath, base, folder, filePath, relative, mode] = process.argv.slice(1);
+let store = fs.existsSync(storePath) ? JSON.parse(fs.readFileSync(storePath, "utf8")) : {};
+const save = () => fs.writeFileSync(storePath, JSON.stringify(store));
+globalThis.localStorage = {
+  get length() { return Object.keys(store).length; },
+  key(i) { return Object.keys(store)[i] ?? null; },
+  getItem(k) { return k in store ? store[k] : null; },
+  setItem(k, v) { store[k] = String(v); save(); },
+  removeItem(k) { delete store[k]; save(); },
+};
+class Element {
+  constructor(tag) { Object.assign(this, { tag, children: [], listeners: {}, attributes: {},
+    textContent: "", hidden: false, classList: { add() {}, remove() {} } }); }
+  appendChild(child) { this.children.push(child); return child; }
+  setAttribute(k, v) { this.attributes[k] = v; }
+  getAttribute(k) { return this.attributes[k] ?? null; }
+  addEventListener(type, f) { (this.listeners[type] ||= []).push(f); }
+  click() {}
+}
+const drop = new Element("div");
+drop.setAttribute("data-folder", folder);
+const made = [];
+globalThis.document = {
+  getElementById: (id) => (id === "drop" ? drop : null),
+  createElement: (tag) => { const e = new Element(tag); made.push(e); return e; },
+  createTextNode: (text) => ({ text }),
+  addEventListener() {},
+};
+globalThis.window = globalThis;
+globalThis.addEventListener = () => {};
+globalThis.isSecureContext = true;
+let reloaded = false;
+globalThis.location = { href: base + folder, reload() { reloaded = true; } };
+const realFetch = fetch;
+globalThis.fetch = (url, init) => realFetch(new URL(url, base), init);
+let patches = 0;
+globalThis.XMLHttpRequest = class {
+  open(method, url) { Object.assign(this, { method, url, headers: {}, upload: {} }); }
+  setRequestHeader(k, v) { this.headers[k] = v; }
+  getResponseHeader(k) { return this.response.headers.get(k); }
+  send(body) {
+    realFetch(new URL(this.url, base), { method: this.method, headers: this.headers, body })
+      .then(async (response) => {
+        Object.assign(this, { response, status: response.status,
+                              responseText: await response.text() });
+        patches++;
+        if (this.headers["Upload-Checksum"]) patches += 1000;
+        this.upload.onprogress && this.upload.onprogress({ loaded: body.size });
+        if (mode === "cut") { console.log(JSON.stringify({ patches, cut: true })); process.exit(0); }
+        this.onload();
+      }, (error) => this.onerror(error));
+  }
+};
+require(script);
+const input = made.find((e) => e.tag === "input");
+const file = new File([fs.readFileSync(filePath)], relative.split("/").pop(),
+                      { lastModified: 1700000000000 });
+Object.defineProperty(file, "webkitRelativePath", { value: relative });
+input.files = [file];
+input.listeners.change[0]();
+setInterval(() => {
+  if (reloaded) { console.log(JSON.stringify({ patches, store })); process.exit(0); }
+}, 20);
+setTimeout(() => {
+  console.log(JSON.stringify({ timeout: made.map((e) => e.textContent).filter(Boolean) }));
+  process.exit(2);
+}, 15000);
+"""
+
+
+@pytest.mark.skipif(not shutil.which("node"), reason="node is not installed")
+def test_page_script_uploads_a_folder_and_resumes_after_a_reload(web: Web, tmp_path: Path) -> None:
+    _, base = web()
+    script = Path(tus.__file__).with_name("static") / "upload.js"
+    data = random_file(tmp_path / "clip.bin", 10 * 1024 * 1024 + 5, seed=9)
+    (tmp_path / "storage" / "docs").mkdir()
+    store = tmp_path / "localStorage.json"
+
+    def page(mode: str) -> dict[str, Any]:
+        result = subprocess.run(["node", "-e", _NODE_PAGE, str(script), str(store), base,
+                                 "/docs/", str(data), "album/clip.bin", mode],
+                                capture_output=True, text=True, timeout=30)
+        assert result.returncode == 0, result.stdout + result.stderr
+        return json.loads(result.stdout)
+
+    assert page("cut") == {"patches": 1001, "cut": True}  # one 8 MiB chunk, with its sha256
+    [location] = json.loads(store.read_text()).values()  # kept across the "reload"
+    assert offset_of(base, urllib.parse.urlsplit(location).path) == 8 * 1024 * 1024
+    assert page("full") == {"patches": 1001, "store": {}}  # only the rest travelled
+    assert (tmp_path / "storage" / "docs" / "album" / "clip.bin").read_bytes() == data.read_bytes()
