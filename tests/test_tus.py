@@ -554,3 +554,18 @@ def test_page_script_uploads_a_folder_and_resumes_after_a_reload(web: Web, tmp_p
     assert offset_of(base, urllib.parse.urlsplit(location).path) == 8 * 1024 * 1024
     assert page("full") == {"patches": 1001, "store": {}}  # only the rest travelled
     assert (tmp_path / "storage" / "docs" / "album" / "clip.bin").read_bytes() == data.read_bytes()
+
+
+def test_a_retried_patch_takes_over_from_a_hanging_one(web: Web, tmp_path: Path) -> None:
+    _, base = web()
+    location = create(base, "retry.bin", 1000)
+    url = urllib.parse.urlsplit(base)
+    with socket.create_connection((url.hostname, url.port), timeout=10) as hanging:
+        hanging.sendall((f"PATCH {location} HTTP/1.1\r\nHost: x\r\nTus-Resumable: 1.0.0\r\n"
+                         "Upload-Offset: 0\r\nContent-Type: application/offset+octet-stream\r\n"
+                         "Content-Length: 1000\r\n\r\n").encode() + b"r" * 300)
+        wait_for(lambda: offset_of(base, location) == 300)
+        started = time.monotonic()
+        response = patch(base, location, 300, b"r" * 700)  # as a client does after a cut
+        assert response.status == 204 and time.monotonic() - started < 5
+    assert (tmp_path / "storage" / "retry.bin").read_bytes() == b"r" * 1000
