@@ -32,21 +32,22 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 from ..errors import (AuthFailed, ChecksumError, ConnectionLost, FTPError, InternalError,
                       IsADirectory, NotADirectory, NotFound, ProtocolError, QuotaExceeded,
                       StaleOffset)
 from ..session import Session, Upload
 from ..storage import STATE_FOLDER
-from ..uploads import Writeback
+from ..uploads import PartialUpload, Writeback
 
 if TYPE_CHECKING:
     from http.server import BaseHTTPRequestHandler
 
     from ..server import FTPServer
 
-__all__ = ["handle", "TusUploads", "Record", "Gone", "state_folder",
+__all__ = ["handle", "TusUploads", "Record", "Gone", "state_folder", "uploads_of",
+           "parse_metadata", "format_metadata", "parse_checksum",
            "TUS_VERSION", "EXTENSIONS", "CHECKSUMS"]
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,7 @@ _KEY = re.compile(r"[!-+\--~]+")  # printable ASCII but space and comma, as tus 
 _DIGITS = re.compile(r"[0-9]{1,19}")
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 _MAX_LENGTH = 2**63 - 1
 
 
@@ -102,8 +104,8 @@ class TusUploads:
 
     #: Seconds between two sweeps of expired records by one process (at most).
     SWEEP_EVERY = 3600.0
-    _swept: dict[Path, float] = {}
-    _swept_lock = threading.Lock()
+    _swept: ClassVar[dict[Path, float]] = {}
+    _swept_lock: ClassVar[threading.Lock] = threading.Lock()
 
     def __init__(self, state: Path, ttl: float, buffer_size: int = 65536,
                  sync: bool = True) -> None:
@@ -138,7 +140,7 @@ class TusUploads:
         path = self._path(upload_id)
         try:
             fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC)
-        except (FileNotFoundError, OSError):
+        except OSError:
             raise NotFound("no such upload") from None
         try:
             age = time.time() - os.fstat(fd).st_mtime
@@ -299,8 +301,8 @@ class TusUploads:
 
     @staticmethod
     def _forget_partial(session: Session, record: Record, connection: Any) -> None:
-        from ..uploads import PartialUpload  # the claim without Upload's fresh partial
-
+        """Remove the upload's partial if it is still this upload's (claimed, as a put
+        claims it, but never made afresh as :class:`Upload` would)."""
         storage = session.files()
         with contextlib.suppress(NotFound, IsADirectory, NotADirectory), \
                 PartialUpload(storage.upload_place(record.path)) as partial:
@@ -309,8 +311,8 @@ class TusUploads:
                 if partial.recorded_source() != record.source:
                     return  # another writer's partial now: not ours to remove
                 with contextlib.suppress(FileNotFoundError):
-                    partial.fd = os.open(partial.partial_name, os.O_RDONLY | _NOFOLLOW | _CLOEXEC,
-                                         dir_fd=partial.dir_fd)
+                    partial.fd = os.open(partial.partial_name, os.O_RDONLY | _NOFOLLOW
+                                         | _NONBLOCK | _CLOEXEC, dir_fd=partial.dir_fd)
                 held = os.fstat(partial.fd).st_size if partial.fd >= 0 else 0
                 partial.discard()
                 if session.ledger and held:
