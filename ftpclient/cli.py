@@ -23,6 +23,7 @@ EPILOG = """examples:
   ftpclient put notes.txt docs/        upload into the remote folder docs
   ftpclient get docs/notes.txt         download to ./notes.txt
   ftpclient -H 192.168.1.20 ls -l      list a server on the LAN
+  ftpclient share docs/report.pdf      print a link that downloads it without a login
   ftpclient                            interactive shell
 An interrupted put or get resumes when run again; --restart starts from zero.
 """
@@ -91,6 +92,13 @@ def _parser() -> argparse.ArgumentParser:
     mv = command("mv", "rename a remote file or folder", "ftpclient mv draft.txt final.txt")
     mv.add_argument("path", metavar="REMOTE")
     mv.add_argument("to", metavar="NEW")
+    share = command("share", "make a link that downloads a remote file or folder (as zip) "
+                             "without logging in", "ftpclient share docs/report.pdf --expires 2d")
+    share.add_argument("path", metavar="REMOTE", nargs="?")
+    share.add_argument("--expires", metavar="DURATION", type=_duration,
+                       help="how long the link works: 30m, 12h, 7d (default 7d, at most 366d)")
+    share.add_argument("--list", action="store_true", help="list your share links")
+    share.add_argument("--revoke", metavar="TOKEN", help="end a share link (its token or URL)")
     return parser
 
 
@@ -228,9 +236,54 @@ def _simple(method: str) -> Callable[[Client, argparse.Namespace], int]:
     return run
 
 
+def _duration(text: str) -> int:
+    """argparse type of a share's lifetime: seconds, or with a unit (s, m, h, d)."""
+    from ftpserver.config import parse_duration
+
+    try:
+        seconds = parse_duration(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    if not 1 <= seconds <= 366 * 86400:
+        raise argparse.ArgumentTypeError(f"must be from 1s to 366d, got {text!r}")
+    return int(seconds)
+
+
+def _share_url(client: Client, web: dict[str, object], token: str) -> str | None:
+    """The full URL of share ``token`` on this server (None without a web side)."""
+    if not web.get("http_port"):
+        return None
+    host = f"[{client.host}]" if ":" in client.host else client.host
+    return f"{web['http_scheme']}://{host}:{web['http_port']}/.share/{token}"
+
+
+def _share(client: Client, args: argparse.Namespace) -> int:
+    import time
+
+    if sum((bool(args.path), args.list, args.revoke is not None)) != 1:
+        raise LocalError("share takes a REMOTE path, --list or --revoke TOKEN (one of them)")
+    if args.revoke is not None:
+        print(f"revoked the share link of {shown(client.share_revoke(args.revoke))}")
+        return 0
+    if args.list:
+        shares, web = client.share_list()
+        for share in shares:
+            until = time.strftime("%Y-%m-%d %H:%M", time.localtime(share["expires"]))
+            link = _share_url(client, web, share["token"]) or share["url_path"]
+            print(f"{link}  until {until}  {shown(share['path'])}")
+        return 0
+    share = client.share(args.path, args.expires)
+    url = _share_url(client, share, share["token"])
+    print(url or share["url_path"])
+    if url is None:
+        print(f"ftpclient: the server at {client.host}:{client.port} has no web side "
+              "(http_port is off): the link works once it has one", file=sys.stderr)
+    return 0
+
+
 COMMANDS: dict[str, Callable[[Client, argparse.Namespace], int]] = {
     "put": _put, "get": _get, "ls": _ls,
-    "mkdir": _simple("mkdir"), "rm": _simple("rm"), "mv": _simple("mv"),
+    "mkdir": _simple("mkdir"), "rm": _simple("rm"), "mv": _simple("mv"), "share": _share,
 }
 
 

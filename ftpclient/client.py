@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import posixpath
+import re
 import select
 import socket
 import time
@@ -607,6 +608,33 @@ class Client:
             self._mid_body = False
         return check_reply(header)
 
+    # -- share links ----------------------------------------------------------
+
+    def share(self, path: str, expires: int | None = None) -> dict[str, Any]:
+        """Make a share link for a remote file or folder lasting ``expires`` seconds (the
+        server's default: 7 days).  Returns ``token``, ``url_path``, ``expires`` (Unix
+        time), ``path``, and the web side's ``http_port`` (None if it has none) and
+        ``http_scheme``."""
+        fields = {"path": path} if expires is None else {"path": path, "expires": expires}
+        return _share_reply(self.request("share", **fields))
+
+    def share_list(self) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """This account's share links (``token``, ``url_path``, ``expires``, ``path``), and
+        the web side's ``http_port`` and ``http_scheme``."""
+        reply = self.request("share", list=True)
+        shares = [_share_reply(entry) for entry in _share_entries(reply)]
+        while reply.get("more"):
+            if len(shares) > MAX_ENTRIES:
+                self._abort()
+                raise ProtocolError(f"the server listed more than {MAX_ENTRIES} share links")
+            reply = self._reply()
+            shares += [_share_reply(entry) for entry in _share_entries(reply)]
+        return shares, _share_web(reply)
+
+    def share_revoke(self, token: str) -> str:
+        """End the share link ``token`` (or a URL ending in it); return the path it shared."""
+        return text_field(self.request("share", revoke=token), "path")
+
 
 class PartialDownload:
     """A download in progress: ``NAME.ftp-partial`` beside the destination, and its
@@ -757,3 +785,33 @@ def _open_local(path: Path) -> BinaryIO:
         raise LocalError(f"no such local file: {path}") from None
     except OSError as error:
         raise LocalError(f"cannot read {path}: {error.strerror}") from None
+
+
+_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,200}")
+
+
+def _share_web(reply: dict[str, Any]) -> dict[str, Any]:
+    """The web side a share reply names: ``http_port`` (None: none) and ``http_scheme``."""
+    port, scheme = reply.get("http_port"), reply.get("http_scheme", "http")
+    if port is not None and (not isinstance(port, int) or isinstance(port, bool)
+                             or not 1 <= port <= 65535) or scheme not in ("http", "https"):
+        raise ProtocolError("the server named no valid web port")
+    return {"http_port": port, "http_scheme": scheme}
+
+
+def _share_reply(reply: object) -> dict[str, Any]:
+    """A share link from the server, its fields' types checked (the token is printed)."""
+    if not isinstance(reply, dict) or not isinstance(reply.get("token"), str) \
+            or not _TOKEN.fullmatch(reply["token"]) or not isinstance(reply.get("path"), str) \
+            or not isinstance(reply.get("expires"), int) or isinstance(reply["expires"], bool):
+        raise ProtocolError("the server sent a malformed share link")
+    token = reply["token"]
+    return {"token": token, "url_path": f"/.share/{token}", "expires": reply["expires"],
+            "path": reply["path"], **(_share_web(reply) if "http_port" in reply else {})}
+
+
+def _share_entries(reply: dict[str, Any]) -> list[Any]:
+    shares = reply.get("shares")
+    if not isinstance(shares, list):
+        raise ProtocolError("the server's list of share links is malformed")
+    return shares

@@ -562,3 +562,29 @@ class FTPHandler(socketserver.StreamRequestHandler):
         """Rename a file or folder within the root."""
         source, target = self.session.mv(text_field(header, "path"), text_field(header, "to"))
         return ok_reply(path=source, to=target)
+
+    def do_share(self, header: dict[str, Any]) -> dict[str, Any]:
+        """Share links: make one for ``path`` lasting ``expires`` seconds; or with ``list``,
+        the session's links (in batches, ``more`` on all but the last); or end the link
+        ``revoke``.  Replies carry the web side's ``http_port`` (null without one)."""
+        from .web.shares import DEFAULT_EXPIRES, MAX_EXPIRES, book_of, http_port
+
+        book = book_of(self.server)
+        web = {"http_port": http_port(self.server),
+               "http_scheme": "https" if self.server.config.tls else "http"}
+        if "revoke" in header:
+            self.session.files()
+            share = book.revoke(self.user, text_field(header, "revoke"))
+            return ok_reply(revoked=share.token, path=share.path)
+        if bool_field(header, "list"):
+            self.session.files()
+            shares = [share.to_json() for share in book.list(self.user)]
+            batches = [shares[i:i + LS_BATCH] for i in range(0, len(shares), LS_BATCH)] or [[]]
+            for batch in batches[:-1]:
+                self.send(ok_reply(shares=batch, more=True, **web))
+            return ok_reply(shares=batches[-1], more=False, **web)
+        expires = int_field(header, "expires", DEFAULT_EXPIRES, low=1, high=MAX_EXPIRES)
+        vpath, _ = self.session.stat(text_field(header, "path"))
+        share = book.create(self.user, vpath, expires)
+        self.subject = vpath
+        return ok_reply(**share.to_json(), **web)

@@ -1,0 +1,1 @@
+"""The web side: the same roots, accounts and guarantees over HTTP (browsers, curl, tus clients)."""
