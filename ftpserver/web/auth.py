@@ -19,11 +19,13 @@ import binascii
 import hmac
 import logging
 import os
+import re
 import secrets
 import threading
 import time
 from collections import OrderedDict
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from ..auth import ITERATIONS, StoredKeys, hash_password
 from ..errors import AuthFailed
@@ -31,7 +33,8 @@ from ..errors import AuthFailed
 if TYPE_CHECKING:
     from ..server import FTPServer
 
-__all__ = ["COOKIE", "SESSION_TTL", "check_password", "parse_basic", "cookie_value", "Logins"]
+__all__ = ["COOKIE", "SESSION_TTL", "check_password", "parse_basic", "cookie_value",
+           "login_cookie", "same_origin", "safe_next", "Logins"]
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +47,8 @@ BASIC_TTL = 300.0
 #: Most logins (and remembered Basic credentials) held at once: bounded memory.
 MAX_LOGINS = 10_000
 MAX_BASIC = 1024
+#: A path on this site: one slash (not two, nor a backslash after it), printable ASCII.
+_LOCAL_PATH = re.compile(r"/(?![/\\])[\x21-\x7e]{0,2000}")
 
 
 def check_password(keys: StoredKeys | None, password: str, decoy_salt: bytes) -> bool:
@@ -86,6 +91,29 @@ def cookie_value(header: str | None, name: str = COOKIE) -> str | None:
         if sep and key == name:
             return value.strip().strip('"')
     return None
+
+
+def login_cookie(token: str | None, secure: bool) -> str:
+    """The ``Set-Cookie`` value that carries a login token (None: the one that ends it)."""
+    age = int(SESSION_TTL) if token else 0
+    return (f"{COOKIE}={token or ''}; Path=/; Max-Age={age}; HttpOnly; SameSite=Strict"
+            + ("; Secure" if secure else ""))
+
+
+def same_origin(origin: str | None, host: str | None, fetch_site: str | None) -> bool:
+    """Whether a request comes from this site's own pages or from no page at all.
+
+    A browser names the page's site in ``Origin`` (on every POST) and says
+    ``Sec-Fetch-Site: cross-site`` for another site's; other clients send neither.
+    """
+    if origin is not None:
+        return origin != "null" and urlsplit(origin).netloc.lower() == (host or "").lower()
+    return (fetch_site or "").lower() != "cross-site"
+
+
+def safe_next(value: str) -> str:
+    """``value`` if it is a path on this site to go to after logging in, else ``/``."""
+    return value if _LOCAL_PATH.fullmatch(value) else "/"
 
 
 class Logins:

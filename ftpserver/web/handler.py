@@ -30,7 +30,7 @@ from ..errors import AuthFailed, Forbidden, FTPError, NotADirectory, NotFound, P
 from ..protocol import printable, shorten
 from ..session import Session
 from . import pages, ranges
-from .auth import COOKIE, SESSION_TTL, cookie_value, parse_basic
+from .auth import cookie_value, login_cookie, parse_basic, safe_next, same_origin
 from .zipstream import ChunkedWriter, write_zip
 
 if TYPE_CHECKING:
@@ -52,7 +52,6 @@ HANDSHAKE_TIMEOUT = 10.0
 #: Longest body of a login form.
 MAX_FORM = 8192
 _STATIC_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
-_SAFE_NEXT = re.compile(r"/(?![/\\])[\x21-\x7e]{0,2000}")
 _UNSAFE_METHODS = ("POST", "PUT", "PATCH", "DELETE")
 _UNSET: Any = object()
 
@@ -113,8 +112,10 @@ class WebHandler(BaseHTTPRequestHandler):
         self.body_consumed = False
         try:
             path, query = self._target()
-            if self.command in _UNSAFE_METHODS:
-                self._check_same_origin()
+            if self.command in _UNSAFE_METHODS and not same_origin(
+                    self.headers.get("Origin"), self.headers.get("Host"),
+                    self.headers.get("Sec-Fetch-Site")):
+                raise Forbidden("cross-site request refused")
             self._route(path, query)
         except FTPError as error:
             self._fail(error)
@@ -199,25 +200,25 @@ class WebHandler(BaseHTTPRequestHandler):
     def _login(self, query: str) -> None:
         if self.command in ("GET", "HEAD"):
             wanted = parse_qs(query).get("next", ["/"])[0]
-            return self._send_page(200, pages.login_form("", self._encrypted(), self._safe_next(wanted)))
+            return self._send_page(200, pages.login_form("", self._encrypted(), safe_next(wanted)))
         if self.command != "POST":
             return self._not_allowed("GET, HEAD, POST")
         form = self._read_form()
         user, password = form.get("user", ""), form.get("password", "")
-        wanted = self._safe_next(form.get("next", "/"))
+        wanted = safe_next(form.get("next", "/"))
         if not self.server.logins.check(user, password, self.client_address[0]):
             page = pages.login_form("Wrong user name or password.", self._encrypted(), wanted)
             return self._send_page(401, page)
         log.info("%s: logged in on the web as %s", self.client_address[0], user)
         token = self.server.logins.open(user)
         self._redirect(quote(wanted, safe="/%?=&;:@!$'()*+,~-._"), HTTPStatus.SEE_OTHER,
-                       {"Set-Cookie": self._cookie(token, int(SESSION_TTL))})
+                       {"Set-Cookie": login_cookie(token, self._encrypted())})
 
     def _logout(self) -> None:
         if self.command != "POST":
             return self._not_allowed("POST")
         self.server.logins.close(cookie_value(self.headers.get("Cookie")))
-        self._redirect("/", HTTPStatus.SEE_OTHER, {"Set-Cookie": self._cookie("", 0)})
+        self._redirect("/", HTTPStatus.SEE_OTHER, {"Set-Cookie": login_cookie(None, self._encrypted())})
 
     def _tus(self, rest: str) -> None:
         module = _hook("tus")
@@ -353,16 +354,6 @@ class WebHandler(BaseHTTPRequestHandler):
             raise AuthFailed("log in: this server has no anonymous access")
         return session
 
-    def _check_same_origin(self) -> None:
-        """Refuse a state-changing request another site's page made (Forbidden)."""
-        origin = self.headers.get("Origin")
-        if origin is not None:
-            host = (self.headers.get("Host") or "").lower()
-            if origin == "null" or urlsplit(origin).netloc.lower() != host:
-                raise Forbidden("cross-site request refused")
-        elif self.headers.get("Sec-Fetch-Site", "").lower() == "cross-site":
-            raise Forbidden("cross-site request refused")
-
     def _read_form(self) -> dict[str, str]:
         """The fields of a small url-encoded form body.  Raises ProtocolError."""
         try:
@@ -379,15 +370,6 @@ class WebHandler(BaseHTTPRequestHandler):
         except (UnicodeDecodeError, ValueError):
             raise ProtocolError("malformed form") from None
         return {key: values[0] for key, values in fields.items()}
-
-    def _cookie(self, token: str, max_age: int) -> str:
-        secure = "; Secure" if self._encrypted() else ""
-        return f"{COOKIE}={token}; Path=/; Max-Age={max_age}; HttpOnly; SameSite=Strict{secure}"
-
-    @staticmethod
-    def _safe_next(value: str) -> str:
-        """A place on this site to go after logging in ("/" for anything else)."""
-        return value if _SAFE_NEXT.fullmatch(value) else "/"
 
     def _encrypted(self) -> bool:
         return isinstance(self.request, ssl.SSLSocket)
