@@ -296,3 +296,42 @@ def test_zip64_for_a_member_over_4_gib(tmp_path: Path) -> None:
     assert write_zip(Session(Storage(root)), "/", out) == 1
     assert out.size > 4 << 30
     assert b"PK\x06\x06" in out.tail  # the ZIP64 end of central directory record
+
+
+# -- connections ---------------------------------------------------------------------------
+
+def test_a_head_trickled_in_is_cut_after_header_timeout(web: Web,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+    monkeypatch.setattr(WebHandler, "header_timeout", 0.5)
+    with socket.create_connection((LOOPBACK, web.port), timeout=10) as sock:
+        started = time.monotonic()
+        closed = False
+        for byte in b"GET /docs/notes.txt HTTP/1.1\r\nHost: x\r\n":
+            try:
+                sock.sendall(bytes([byte]))
+            except OSError:
+                closed = True
+                break
+            time.sleep(0.1)
+            if time.monotonic() - started > 3:
+                break
+        sock.settimeout(3)
+        try:
+            closed = closed or sock.recv(100) == b""
+        except TimeoutError:
+            pass  # still open: the deadline did not hold
+        except OSError:
+            closed = True
+        assert closed and time.monotonic() - started < 4
+
+
+def test_connections_over_max_connections_get_503(storage_root: Path) -> None:
+    config = Config(host=LOOPBACK, port=0, root=storage_root, idle_timeout=30, http_port=0,
+                    max_connections=1)
+    with web_server(config) as web, socket.create_connection((LOOPBACK, web.port)) as held:
+        held.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nAccept: application/json\r\n\r\n")
+        held.settimeout(10)
+        assert held.recv(12) == b"HTTP/1.1 200"  # served, and kept open
+        reply = web.get("/")
+        assert reply.status == 503 and reply.header("Retry-After")

@@ -14,6 +14,7 @@ folder; ``/.login`` and ``/.logout``; ``/.static/NAME``; ``/.tus/...`` handed to
 from __future__ import annotations
 
 import importlib
+import io
 import json
 import logging
 import os
@@ -31,6 +32,7 @@ from ..protocol import printable, shorten
 from ..session import Session
 from . import pages, ranges
 from .auth import cookie_value, login_cookie, parse_basic, safe_next, same_origin
+from .deadline import DeadlineReader
 from .zipstream import ChunkedWriter, write_zip
 
 if TYPE_CHECKING:
@@ -76,6 +78,9 @@ class WebHandler(BaseHTTPRequestHandler):
     sys_version = ""
     #: Bytes per ``sendfile`` call: a file goes out in slices of this size.
     send_slice = 8 * 1024 * 1024
+    #: Seconds a request's head may take once its first byte has arrived (at most
+    #: ``idle_timeout``): a head trickled in a byte at a time must not hold its slot for ever.
+    header_timeout = 30.0
 
     def version_string(self) -> str:
         return self.server_version
@@ -93,10 +98,35 @@ class WebHandler(BaseHTTPRequestHandler):
                 log.info("%s: TLS handshake failed: %s", self.client_address[0], error)
                 self.tls_ok = False
         super().setup()
+        self.rfile.close()
+        self._reader = DeadlineReader(self.connection, self.timeout)
+        self.rfile = io.BufferedReader(self._reader, 64 * 1024)
 
     def handle(self) -> None:
         if self.tls_ok:
             super().handle()
+
+    def handle_one_request(self) -> None:
+        """Hook: wait for a request's first byte under ``idle_timeout``, then give its head
+        ``header_timeout``."""
+        try:
+            if not self.rfile.peek(1):
+                self.close_connection = True
+                return
+        except OSError:  # silent past idle_timeout (TimeoutError), or gone
+            self.close_connection = True
+            return
+        self._reader.start(min(self.header_timeout, self.timeout))
+        try:
+            super().handle_one_request()
+        finally:
+            self._reader.clear()
+
+    def parse_request(self) -> bool:
+        try:
+            return super().parse_request()
+        finally:
+            self._reader.clear()  # the head is in: the body and the answer get idle_timeout
 
     def do_GET(self) -> None:
         self._dispatch()
