@@ -70,6 +70,16 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"ftpserver: cannot listen on {config.host}:{config.port}: {error.strerror}",
               file=sys.stderr)
         return 2
+    web = None
+    if config.http_port is not None:
+        from .web import WebServer
+        try:
+            web = WebServer(server)
+        except OSError as error:
+            server.server_close()
+            print(f"ftpserver: http_port: cannot listen on {config.host}:{config.http_port}: "
+                  f"{error.strerror}", file=sys.stderr)
+            return 2
     # Handlers go in before the "serving" line, so a signal sent once it shows stops cleanly.
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -77,13 +87,19 @@ def _serve(args: argparse.Namespace) -> int:
     host, port = server.server_address[:2]
     log.info("serving %s on %s:%s", config.root, host, port)
     _advise(config, port)
-    thread = threading.Thread(target=server.serve_forever, name="accept", daemon=True)
-    thread.start()
+    servers = [server] + ([web] if web else [])
+    if web:
+        wildcard = config.host in ("0.0.0.0", "::", "")
+        log.info("web side on %s%s", web.url, f" (from other machines: {web.url.split('//')[0]}//"
+                 f"<this machine's LAN address>:{web.server_address[1]}/)" if wildcard else "")
+    for each in servers:
+        threading.Thread(target=each.serve_forever, name="accept", daemon=True).start()
     while not stop.wait(3600):
         pass
     log.info("stopping")
-    server.shutdown()
-    server.server_close()
+    for each in servers:
+        each.shutdown()
+        each.server_close()
     return 0
 
 

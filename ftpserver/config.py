@@ -82,6 +82,8 @@ class Config:
     anonymous_quota: int | None = None
     session_partial_limit: int | None = None
     tls: TLSConfig | None = None
+    #: Port of the web side (HTTP, or HTTPS with ``tls``) on ``host``; None: no web side.
+    http_port: int | None = None
 
     def with_overrides(self, **changes: Any) -> Config:
         """Return a copy with ``changes`` applied (``--host``, ``--port`` and the like).
@@ -162,6 +164,10 @@ def _integer(low: int, high: int | None = None) -> Callable[[Any], int]:
     return check
 
 
+def _optional_port(value: Any) -> int | None:
+    return None if value is None else _integer(0, 65535)(value)
+
+
 def _buffer_size(value: Any) -> int:
     size = parse_size(value)
     if not MIN_BUFFER_SIZE <= size <= MAX_BUFFER_SIZE:
@@ -185,6 +191,7 @@ def _duration(value: Any) -> float:
 _SCALARS: dict[str, Callable[[Any], Any]] = {
     "host": _string,
     "port": _integer(0, 65535),
+    "http_port": _optional_port,
     "buffer_size": _buffer_size,
     "idle_timeout": _duration,
     "anonymous": _boolean,

@@ -32,7 +32,7 @@ def refused(path: Path) -> str:
 
 def test_shipped_config_loads_the_defaults():
     config = load_config(SHIPPED)
-    assert config == Config(root=SHIPPED.parent / "storage")
+    assert config == Config(root=SHIPPED.parent / "storage", http_port=8080)
     assert config.root == SHIPPED.parent / "storage"
     assert (config.host, config.port, config.buffer_size) == ("127.0.0.1", 2121, 65536)
     assert (config.idle_timeout, config.partial_ttl) == (300, 7 * 86400)
