@@ -114,6 +114,8 @@ class FTPServer(socketserver.ThreadingTCPServer):
     sync_uploads = True
     #: Seconds between sweeps for abandoned partial uploads (at most).
     sweep_interval = 3600.0
+    #: The port of the web side beside this server, once it listens (None: none).
+    http_port: int | None = None
 
     def __init__(self, config: Config, handler: type[FTPHandler] = FTPHandler,
                  bind_and_activate: bool = True) -> None:

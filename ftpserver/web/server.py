@@ -53,6 +53,7 @@ class WebServer(ThreadingHTTPServer):
         if chosen is None:
             raise ValueError("no http_port to serve on")
         super().__init__((self.config.host, chosen), handler, bind_and_activate)
+        ftp.http_port = self.server_address[1]  # what share links point to
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind looks up the host's name (socket.getfqdn), which can

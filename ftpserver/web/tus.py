@@ -39,7 +39,8 @@ from ..errors import (AuthFailed, ChecksumError, ConnectionLost, FTPError, Inter
                       StaleOffset)
 from ..session import Session, Upload
 from ..storage import STATE_FOLDER
-from ..uploads import PartialUpload, Writeback
+from ..transfer import Writeback
+from ..uploads import PartialUpload
 
 if TYPE_CHECKING:
     from http.server import BaseHTTPRequestHandler
@@ -349,7 +350,7 @@ def uploads_of(ftp: FTPServer) -> TusUploads:
                       getattr(ftp, "sync_uploads", True))
 
 
-def handle(handler: BaseHTTPRequestHandler, session: Session, rest: str) -> None:
+def handle(handler: BaseHTTPRequestHandler, session: Session | None, rest: str) -> None:
     """Answer one request under ``/.tus/`` (``rest``: the path after it) for ``session``."""
     exchange = _Exchange(handler, session)
     try:
@@ -367,6 +368,8 @@ def handle(handler: BaseHTTPRequestHandler, session: Session, rest: str) -> None
             exchange.error(InternalError(f"server file error: {error.strerror or error}"))
         except OSError:
             handler.close_connection = True
+    if exchange.body_left == 0:
+        handler.body_consumed = True  # type: ignore[attr-defined]  # the connection can go on
 
 
 class _Exchange:
@@ -414,6 +417,8 @@ class _Exchange:
         self.reply(204, headers)
 
     def _max_size(self) -> int | None:
+        if self.session is None:  # OPTIONS before a login
+            return None
         limits = [self.session.partial_limit,
                   self.session.ledger.quota if self.session.ledger else None]
         known = [limit for limit in limits if limit is not None]
