@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import http.client
-import io
 import json
 import os
 import shutil
@@ -19,8 +18,6 @@ import subprocess
 import threading
 import time
 import urllib.parse
-import zipfile
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -28,10 +25,9 @@ import pytest
 
 from ftpclient.client import Client
 from ftpserver.config import Config, User
-from ftpserver.errors import Busy, FTPError
+from ftpserver.errors import Busy
 from ftpserver.server import FTPServer
-from ftpserver.session import Session
-from ftpserver.web import shares, tus
+from ftpserver.web import WebServer, tus
 
 from helpers import LOOPBACK, random_file, raw_frame, recv_frame
 from test_auth import PASSWORDS, keys_line
@@ -42,90 +38,6 @@ _STATUS = {"bad_request": 400, "auth_failed": 401, "forbidden": 403, "not_found"
            "busy": 409, "quota_exceeded": 413, "is_directory": 409}
 
 
-class Front(BaseHTTPRequestHandler):
-    """The interface of ftpserver.web.handler.WebHandler, minimally."""
-
-    protocol_version = "HTTP/1.1"
-    server: "FrontServer"
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def _session(self) -> Session:
-        user = self.headers.get("X-Test-User")
-        return self.server.ftp.user_session(user) if user else self.server.ftp.anonymous_session()
-
-    def _any(self) -> None:
-        path = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path)
-        if path.startswith("/.tus/"):
-            tus.handle(self, self._session(), path[len("/.tus/"):])
-        elif path.startswith("/.share/"):
-            token, _, rest = path[len("/.share/"):].partition("/")
-            shares.serve(self, token, rest)
-        else:
-            self.send_json(404, {"error": "not_found"})
-
-    do_GET = do_HEAD = do_POST = do_PATCH = do_DELETE = do_OPTIONS = do_PUT = _any
-
-    def send_json(self, status: int, obj: Any) -> None:
-        body = json.dumps(obj).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-
-    def send_error_for(self, error: FTPError) -> None:
-        self.send_json(_STATUS.get(error.code, 500), {"error": error.code, "message": error.message})
-
-    def send_file(self, session: Session, vpath: str, head: bool) -> None:
-        with session.open_read(vpath)[1] as file:
-            size = os.fstat(file.fileno()).st_size
-            start, end, status = 0, size - 1, 200
-            wanted = self.headers.get("Range", "")
-            if wanted.startswith("bytes=") and "," not in wanted:
-                first, _, last = wanted[6:].partition("-")
-                start, status = int(first or 0), 206
-                end = min(int(last), size - 1) if last else size - 1
-            self.send_response(status)
-            self.send_header("Accept-Ranges", "bytes")
-            self.send_header("Content-Length", str(end - start + 1))
-            if status == 206:
-                self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
-            self.end_headers()
-            if not head:
-                file.seek(start)
-                self.wfile.write(file.read(end - start + 1))
-
-    def send_zip(self, session: Session, vpath: str) -> None:
-        buffer = io.BytesIO()
-        with zipfile.ZipFile(buffer, "w") as archive:
-            def add(folder: str, prefix: str) -> None:
-                for entry in session.ls(folder)[1]:
-                    path = f"{folder.rstrip('/')}/{entry.name}"
-                    if entry.type == "dir":
-                        add(path, f"{prefix}{entry.name}/")
-                    else:
-                        with session.open_read(path)[1] as file:
-                            archive.writestr(prefix + entry.name, file.read())
-            add(vpath, "")
-        body = buffer.getvalue()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/zip")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-
-class FrontServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, ftp: FTPServer) -> None:
-        self.ftp = ftp
-        super().__init__((LOOPBACK, 0), Front)
-
-
 # -- fixtures -------------------------------------------------------------------------
 
 Web = Callable[..., tuple[FTPServer, str]]
@@ -133,8 +45,8 @@ Web = Callable[..., tuple[FTPServer, str]]
 
 @pytest.fixture
 def web(tmp_path: Path) -> Iterator[Web]:
-    """``web(users={...}, **config)``: a real FTPServer and the front beside it; returns
-    the server and the front's base URL."""
+    """``web(users={...}, **config)``: a real FTPServer and its web side beside it;
+    returns the server and the web side's base URL."""
     started: list[tuple[Any, threading.Thread]] = []
 
     def start(users: dict[str, dict[str, Any]] | None = None, **overrides: Any) -> tuple[FTPServer, str]:
@@ -145,8 +57,7 @@ def web(tmp_path: Path) -> Iterator[Web]:
         settings: dict[str, Any] = {"host": LOOPBACK, "port": 0, "root": tmp_path / "storage",
                                     "idle_timeout": 30, "users": accounts, **overrides}
         ftp = FTPServer(Config(**settings))
-        front = FrontServer(ftp)
-        ftp.http_port = front.server_address[1]  # type: ignore[attr-defined]
+        front = WebServer(ftp, port=0)
         for srv in (ftp, front):
             thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05},
                                       daemon=True)
@@ -170,12 +81,17 @@ def request(base: str, method: str, path: str, body: bytes = b"", user: str | No
     if method != "OPTIONS":
         names.setdefault("Tus-Resumable", "1.0.0")
     if user:
-        names["X-Test-User"] = user
+        names["Authorization"] = _basic(user)
     connection.request(method, path, body=body, headers=names)
     response = connection.getresponse()
     response.body = response.read()  # type: ignore[attr-defined]
     connection.close()
     return response
+
+
+def _basic(user: str) -> str:
+    token = base64.b64encode(f"{user}:{PASSWORDS.get(user, user)}".encode()).decode()
+    return f"Basic {token}"
 
 
 def metadata(name: str, *flags: str) -> str:
@@ -222,7 +138,7 @@ def cut_patch(base: str, location: str, offset: int, data: bytes, sent: int,
              f"Content-Length: {len(data)}"]
     lines += [f"{key.replace('_', '-')}: {value}" for key, value in headers.items()]
     if user:
-        lines.append(f"X-Test-User: {user}")
+        lines.append(f"Authorization: {_basic(user)}")
     with socket.create_connection((url.hostname, url.port), timeout=10) as sock:
         sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + data[:sent])
         time.sleep(0.2)

@@ -279,8 +279,9 @@ class WebHandler(BaseHTTPRequestHandler):
             self._session = self._find_session()
         return self._session
 
-    def send_file(self, session: Session, vpath: str, head: bool) -> None:
-        """Answer a GET (or, with ``head``, a HEAD) of file ``vpath`` of ``session``.
+    def send_file(self, session: Session, vpath: str, head: bool, attachment: bool = False) -> None:
+        """Answer a GET (or, with ``head``, a HEAD) of file ``vpath`` of ``session``
+        (with ``attachment``, always as a download, as a share link serves it).
 
         The whole file (200), or the one range of a ``Range`` header (206), unless a
         stale ``If-Range`` asks for the whole file; 416 for a range past the end, 304
@@ -305,7 +306,8 @@ class WebHandler(BaseHTTPRequestHandler):
                                        {**headers, "Content-Range": f"bytes */{size}"})
             media = ranges.content_type(vpath)
             headers.update({"Content-Type": media,
-                            "Content-Disposition": ranges.disposition(vpath.rpartition("/")[2], media),
+                            "Content-Disposition": ranges.disposition(vpath.rpartition("/")[2], media,
+                                                                      attachment),
                             "Content-Length": str(wanted.length if wanted else size)})
             if wanted:
                 headers["Content-Range"] = wanted.content_range(size)

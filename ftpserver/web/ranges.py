@@ -130,10 +130,10 @@ def content_type(name: str) -> str:
     return guessed
 
 
-def disposition(name: str, media_type: str) -> str:
-    """The ``Content-Disposition`` of a file: inline for types safe to show, else an
-    attachment; the name as ASCII and as UTF-8 (RFC 6266)."""
-    inline = media_type in _INLINE or media_type.startswith(_INLINE_FAMILIES)
+def disposition(name: str, media_type: str, attachment: bool = False) -> str:
+    """The ``Content-Disposition`` of a file: inline for types safe to show (unless
+    ``attachment``), else an attachment; the name as ASCII and as UTF-8 (RFC 6266)."""
+    inline = not attachment and (media_type in _INLINE or media_type.startswith(_INLINE_FAMILIES))
     fallback = "".join(c if c.isascii() and c.isprintable() and c not in '"\\' else "_"
                        for c in name)
     return (f"{'inline' if inline else 'attachment'}; filename=\"{fallback}\"; "

@@ -278,15 +278,16 @@ def serve(handler: BaseHTTPRequestHandler, token: str, rest: str) -> None:
         return handler.send_error_for(error)  # type: ignore[attr-defined]
     name = vpath.rstrip("/").rpartition("/")[2] or "files"
     log.info("share %s (%s) %s %s", share.id, share.owner or "anonymous", handler.command, vpath)
-    with _named(handler, name + ".zip" if kind == "dir" else name):
-        if kind != "dir":
-            handler.send_file(session, vpath, handler.command == "HEAD")  # type: ignore[attr-defined]
-        elif handler.command == "HEAD":
-            handler.send_response(200)
-            handler.send_header("Content-Type", "application/zip")
-            handler.end_headers()
-        else:
-            handler.send_zip(session, vpath)  # type: ignore[attr-defined]
+    if kind != "dir":  # always a download: phones' download managers name it by the header
+        handler.send_file(session, vpath, handler.command == "HEAD",  # type: ignore[attr-defined]
+                          attachment=True)
+    elif handler.command == "HEAD":
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/zip")
+        handler.send_header("Content-Disposition", content_disposition(name + ".zip"))
+        handler.end_headers()
+    else:
+        handler.send_zip(session, vpath)  # type: ignore[attr-defined]
 
 
 def _target(ftp: FTPServer, share: Share, rest: str) -> tuple[Session, str, str]:
@@ -317,41 +318,6 @@ def content_disposition(name: str) -> str:
     fallback = "".join(c if " " <= c < "\x7f" and c not in '"\\%' else "_" for c in name)
     return (f'attachment; filename="{fallback}"; '
             f"filename*=UTF-8''{urllib.parse.quote(name, safe='')}")
-
-
-@contextlib.contextmanager
-def _named(handler: BaseHTTPRequestHandler, name: str) -> Iterator[None]:
-    """While serving a share: a response without a Content-Disposition gets one naming
-    ``name`` (download managers name the file by it), and no page opened from it is
-    told the link (the token) by Referer."""
-    sent: set[str] = set()
-    status = [0]
-    send_response, send_header = handler.send_response, handler.send_header
-    end_headers = handler.end_headers
-
-    def tracking_send_response(code: int, message: str | None = None) -> None:
-        status[0] = code
-        send_response(code, message)
-
-    def tracking_send_header(keyword: str, value: str) -> None:
-        sent.add(keyword.lower())
-        send_header(keyword, value)
-
-    def naming_end_headers() -> None:
-        if status[0] in (200, 206) and "content-disposition" not in sent:
-            send_header("Content-Disposition", content_disposition(name))
-        if "referrer-policy" not in sent:
-            send_header("Referrer-Policy", "no-referrer")
-        sent.clear()
-        end_headers()
-
-    handler.send_response = tracking_send_response  # type: ignore[method-assign]
-    handler.send_header = tracking_send_header  # type: ignore[method-assign]
-    handler.end_headers = naming_end_headers  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        del handler.send_response, handler.send_header, handler.end_headers  # the class's own
 
 
 def _plain(handler: BaseHTTPRequestHandler, status: int, text: str,
