@@ -8,7 +8,6 @@ becomes an error reply with its code; anything else is logged and sent as
 """
 from __future__ import annotations
 
-import contextlib
 import io
 import logging
 import os
@@ -20,13 +19,14 @@ import time
 from typing import TYPE_CHECKING, Any, Callable
 
 from .auth import ScramServer
-from .digest import HASHES, HEX_LENGTH, Checkpoint, available, version_tag
+from .digest import HASHES, Checkpoint, available, version_tag
 from .errors import (AuthFailed, ChecksumError, ConnectionLost, FramingError, FTPError,
-                     InternalError, NotFound, ProtocolError, QuotaExceeded, StaleOffset,
-                     UnknownCommand)
+                     InternalError, NotFound, ProtocolError, QuotaExceeded, UnknownCommand)
 from .protocol import (bool_field, encode_frame, error_reply, int_field, loggable, ok_reply,
                        printable, read_frame, shorten, text_field)
+from .batched import BatchedCommands
 from .commits import CommitGroup
+from .fields import check_trailer, digest_field, hash_name, source_field
 from .session import Upload
 from .transfer import FileHasher, Writeback, receive_body, receiving_digest, send_body
 
@@ -38,45 +38,10 @@ __all__ = ["FTPHandler"]
 log = logging.getLogger(__name__)
 
 _COMMAND = re.compile(r"[a-z][a-z0-9_]{0,31}")
-_HEX = re.compile(r"[0-9a-f]+")
-#: Longest ``source`` tag a client may attach to a resumable put.
-MAX_SOURCE = 512
 #: Entries per ``ls`` reply frame, well inside the header limit.
 LS_BATCH = 100
-#: Folders and files in one ``plan`` request, and characters of a message in its reply,
-#: so the reply stays well inside the header limit.
-PLAN_MAX = 256
-PLAN_MESSAGE = 160
 #: Seconds a TLS client has to finish its handshake (at most ``idle_timeout``).
 HANDSHAKE_TIMEOUT = 10.0
-
-
-def check_trailer(header: dict[str, Any] | None) -> dict[str, Any]:
-    """Return the trailer frame that ends a put's body.  Raises ConnectionLost if missing."""
-    if header is None:
-        raise ConnectionLost("the connection closed before the trailer with the file's hash")
-    return header
-
-
-def _hash_name(header: dict[str, Any]) -> str:
-    """The hash a transfer is checked with: ``hash``, md5 by default."""
-    name = text_field(header, "hash", HASHES[0])
-    if name not in HASHES:
-        raise ProtocolError(f"unknown hash {printable(name)!r}: use one of {', '.join(HASHES)}")
-    if not available(name):
-        return HASHES[0]  # asked for a hash this server cannot compute: md5, as it says in its reply
-    return name
-
-
-def _digest_field(header: dict[str, Any], name: str, required: bool = True) -> str | None:
-    """The hex digest of hash ``name`` in field ``name``, lowercased (None if absent
-    and not ``required``)."""
-    value = text_field(header, name) if required else text_field(header, name, None)
-    if value is None:
-        return None
-    if len(value) != HEX_LENGTH[name] or not _HEX.fullmatch(value.lower()):
-        raise ProtocolError(f"field '{name}' must be {HEX_LENGTH[name]} hex digits")
-    return value.lower()
 
 
 class _Deadline:
@@ -95,7 +60,7 @@ class _Deadline:
         return self._stream.read1(n)
 
 
-class FTPHandler(socketserver.StreamRequestHandler):
+class FTPHandler(BatchedCommands, socketserver.StreamRequestHandler):
     """Serve one connection: any number of requests, one after another."""
 
     server: "FTPServer"
@@ -227,11 +192,6 @@ class FTPHandler(socketserver.StreamRequestHandler):
             self.commit_held()  # replies go out in the order of the requests
         return method(header)
 
-    def commit_held(self) -> None:
-        """Commit the streamed uploads waiting for a group commit and send their replies."""
-        for reply in self.commits.commit():
-            self.send(reply)
-
     def finish(self) -> None:
         """Hook: verified uploads still held are committed even if no one hears of it."""
         try:
@@ -287,7 +247,7 @@ class FTPHandler(socketserver.StreamRequestHandler):
         name = text_field(header, "filename")
         offset = int_field(header, "offset", 0)
         source = text_field(header, "source", None)
-        algorithm = _hash_name(header)
+        algorithm = hash_name(header)
         vpath, file = self.session.open_read(name)
         with file:
             before = os.fstat(file.fileno())
@@ -324,14 +284,12 @@ class FTPHandler(socketserver.StreamRequestHandler):
         self.mid_body = not resumable
         name = text_field(header, "filename")
         size = int_field(header, "filesize")
-        algorithm = _hash_name(header)
-        declared = _digest_field(header, algorithm, required=False)
+        algorithm = hash_name(header)
+        declared = digest_field(header, algorithm, required=False)
         for other in HASHES:
             if other != algorithm and other in header:  # never let a given digest go unchecked
                 raise ProtocolError(f"field '{other}' does not match hash '{algorithm}'")
-        source = text_field(header, "source", None)
-        if source is not None and len(source) > MAX_SOURCE:
-            raise ProtocolError(f"field 'source' is over {MAX_SOURCE} characters")
+        source = source_field(header)
         restart = bool_field(header, "restart")
         mtime_ns = int_field(header, "mtime_ns", None)
         with self.session.upload(name, size, source if resumable else None, restart,
@@ -349,7 +307,7 @@ class FTPHandler(socketserver.StreamRequestHandler):
             self.mid_body = False
             if resumable:
                 try:
-                    declared = _digest_field(check_trailer(read_frame(self.rfile)), algorithm)
+                    declared = digest_field(check_trailer(read_frame(self.rfile)), algorithm)
                 except ConnectionLost:  # cut before the trailer: all is held, keep its state
                     upload.save_checkpoint(reached)
                     raise
@@ -369,81 +327,6 @@ class FTPHandler(socketserver.StreamRequestHandler):
             self.server.digests.put(info, digest, algorithm)  # the first get needs no re-hash
         self.subject, self.moved = vpath, size - offset
         return ok_reply(filename=vpath, filesize=size, **{algorithm: digest})
-
-    def _put_streamed(self, header: dict[str, Any]) -> None:
-        """A put whose body (from ``offset``) and trailer follow at once, with its reply
-        held for a group commit: many files without a round trip each.
-
-        Whatever is wrong, the body and trailer are read, so the stream stays in step
-        (a size that cannot be read leaves no way to, and ends the connection).
-        """
-        self.mid_body = True
-        size = int_field(header, "filesize")
-        offset = int_field(header, "offset", 0, high=size)
-        try:
-            name = text_field(header, "filename")
-            algorithm = _hash_name(header)
-            source = text_field(header, "source")
-            if len(source) > MAX_SOURCE:
-                raise ProtocolError(f"field 'source' is over {MAX_SOURCE} characters")
-            mtime_ns = int_field(header, "mtime_ns", None)
-            more = bool_field(header, "more")
-            upload = self.session.upload(name, size, source, offset == 0, self.connection)
-        except FTPError:
-            self._refuse_body(size - offset)
-            raise
-        try:
-            return self._receive_streamed(upload, offset, algorithm, mtime_ns, more)
-        except FTPError:
-            self.commit_held()  # the replies held so far go before this one
-            raise
-
-    def _receive_streamed(self, upload: Upload, offset: int, algorithm: str,
-                          mtime_ns: int | None, more: bool) -> None:
-        size = upload.size
-        with contextlib.ExitStack() as held:
-            held.callback(upload.close)
-            if upload.offset < offset:
-                upload.discard()  # the client sends it all again: keep nothing stale
-                self._refuse_body(size - offset)
-                raise StaleOffset(f"{upload.vpath}: the server holds {upload.offset} bytes, "
-                                  f"not {offset}: send the whole file")
-            upload.keep_from(offset)
-            self.mid_body = True
-            digest, reached = self._receive(upload, algorithm, resumable=True)
-            try:
-                declared = _digest_field(check_trailer(read_frame(self.rfile)), algorithm)
-            except ConnectionLost:
-                upload.save_checkpoint(reached)
-                raise
-            self.mid_body = False
-            if digest != declared:
-                upload.discard()
-                raise ChecksumError(f"checksum mismatch for {upload.vpath}: received {algorithm} "
-                                    f"{digest}, the client's is {declared}")
-            upload.set_mtime(mtime_ns)
-            held.pop_all()
-        self.subject, self.moved = upload.vpath, size - offset
-        full = self.commits.add(upload, ok_reply(filename=upload.vpath, filesize=size,
-                                                 **{algorithm: digest}),
-                                lambda info: self.server.digests.put(info, digest, algorithm))
-        if full or not more:
-            # Flushed in the background while the next files arrive.
-            self.commits.commit_later(self._write)
-        return None
-
-    def _refuse_body(self, count: int) -> None:
-        """Read and drop a body of ``count`` bytes and its trailer, sent before the reply
-        that refuses it; the replies held so far go first."""
-        remaining = count
-        while remaining:
-            data = self.rfile.read(min(remaining, 1 << 20))
-            if not data:
-                raise ConnectionLost(f"connection closed with {remaining} bytes of the body missing")
-            remaining -= len(data)
-        read_frame(self.rfile)
-        self.mid_body = False
-        self.commit_held()
 
     def _receive(self, upload: Upload, name: str, resumable: bool) -> tuple[str, Checkpoint | None]:
         """Append the body to the partial; return the hash ``name`` of the whole file
@@ -468,54 +351,6 @@ class FTPHandler(socketserver.StreamRequestHandler):
                     upload.save_checkpoint(digest.checkpoint())
                 raise
             return digest.result(), digest.checkpoint()
-
-    def do_plan(self, header: dict[str, Any]) -> dict[str, Any]:
-        """Before a batch of puts: create ``folders`` (kept if there), and tell for each of
-        ``files`` whether it is there and the same (by size and modification time, or by
-        hash when the entry carries a digest), else where its put starts: the bytes of a
-        partial from the same source, or 0."""
-        folders, files = header.get("folders", []), header.get("files", [])
-        if not isinstance(folders, list) or not isinstance(files, list) \
-                or len(folders) + len(files) > PLAN_MAX:
-            raise ProtocolError(f"'folders' and 'files' must be lists of at most {PLAN_MAX} in all")
-        algorithm = _hash_name(header)
-        self.session.writable()
-        return ok_reply(hash=algorithm, folders=[self._planned(lambda: self._plan_folder(folder))
-                                 for folder in folders],
-                        files=[self._planned(lambda: self._plan_file(entry, algorithm))
-                               for entry in files])
-
-    @staticmethod
-    def _planned(step: Callable[[], dict[str, Any] | None]) -> dict[str, Any] | None:
-        try:
-            return step()
-        except FTPError as error:
-            return {"error": error.code, "message": shorten(printable(error.message), PLAN_MESSAGE)}
-
-    def _plan_folder(self, folder: object) -> None:
-        if not isinstance(folder, str):
-            raise ProtocolError("a folder must be a string")
-        self.session.ensure_folder(folder)
-
-    def _plan_file(self, entry: object, algorithm: str) -> dict[str, Any]:
-        if not isinstance(entry, dict):
-            raise ProtocolError("a file must be an object")
-        name, size = text_field(entry, "name"), int_field(entry, "size")
-        source = text_field(entry, "source")
-        mtime_ns = int_field(entry, "mtime_ns", None)
-        digest = _digest_field(entry, algorithm, required=False)
-        try:
-            vpath, there = self.session.stat(name)
-        except NotFound:
-            there = None
-        if there is not None and there.type == "file" and there.size == size:
-            if digest is None and mtime_ns is not None and there.mtime_ns == mtime_ns:
-                return {"offset": size, "same": True}
-            if digest is not None:
-                with self.session.open_read(vpath)[1] as file:
-                    if self.server.file_digest(file, algorithm) == digest:
-                        return {"offset": size, "same": True}
-        return {"offset": self.session.resume_offset(name, size, source)}
 
     def do_login(self, header: dict[str, Any]) -> dict[str, Any]:
         """One step of a SCRAM-SHA-256 login: client-first, then client-final."""
