@@ -134,8 +134,9 @@ def test_listing_renders_sorts_and_downloads(open_web: Web, storage_root: Path,
     (storage_root / "zeta").mkdir()
     (storage_root / "alpha").mkdir()
     (storage_root / "alpha" / "inside.txt").write_text("inside\n")
-    now = time.time()  # modified: banana oldest, then cherry, then apple
-    for age, name in ((300, "banana.bin"), (200, "cherry.bin"), (100, "apple.txt")):
+    now = time.time()  # modified: zeta/ before alpha/, banana oldest, then cherry, then apple
+    for age, name in ((400, "zeta"), (50, "alpha"),
+                      (300, "banana.bin"), (200, "cherry.bin"), (100, "apple.txt")):
         os.utime(storage_root / name, (now - age, now - age))
 
     page.goto(open_web.url)
@@ -154,7 +155,8 @@ def test_listing_renders_sorts_and_downloads(open_web: Web, storage_root: Path,
     folders = ["alpha/", "zeta/"]
     sort_by("Size", folders + ["cherry.bin", "apple.txt", "banana.bin"], "ascending")
     sort_by("Size", folders + ["banana.bin", "apple.txt", "cherry.bin"], "descending")
-    sort_by("Modified", folders + ["banana.bin", "cherry.bin", "apple.txt"], "ascending")
+    sort_by("Modified", ["zeta/", "alpha/", "banana.bin", "cherry.bin", "apple.txt"],
+            "ascending")
     sort_by("Name", folders + ["apple.txt", "banana.bin", "cherry.bin"], "ascending")
     sort_by("Name", ["zeta/", "alpha/", "cherry.bin", "banana.bin", "apple.txt"], "descending")
     assert page.get_attribute("#listing th:has(button:text-is('Size'))", "aria-sort") is None
@@ -189,6 +191,40 @@ def test_listing_renders_sorts_and_downloads(open_web: Web, storage_root: Path,
 
 # -- uploads through the page ------------------------------------------------------------
 
+class Patches:
+    """Wraps tus.handle: records each PATCH's Upload-Offset and body length, can slow
+    PATCHes down (``delay`` seconds each) and hold the first one from an offset on
+    (``hold_from``) until released."""
+
+    def __init__(self, handle: Callable[..., None]) -> None:
+        self.handle = handle
+        self.seen: list[tuple[int, int]] = []  # (Upload-Offset, Content-Length)
+        self.delay = 0.0
+        self.hold_from: int | None = None
+        self.held = threading.Event()
+        self.release = threading.Event()
+        self.finished = threading.Event()
+
+    def __call__(self, handler: Any, session: Any, rest: str) -> None:
+        if handler.command != "PATCH":
+            return self.handle(handler, session, rest)
+        offset = int(handler.headers.get("Upload-Offset", "-1"))
+        length = int(handler.headers.get("Content-Length", "0"))
+        time.sleep(self.delay)
+        held = self.hold_from is not None and offset >= self.hold_from
+        if held:
+            self.hold_from = None
+            self.held.set()
+            self.release.wait(30)
+        try:
+            self.handle(handler, session, rest)
+        finally:
+            if held:
+                self.finished.set()
+            else:
+                self.seen.append((offset, length))
+
+
 _ALL_DONE = """(count) => {
     const items = [...document.querySelectorAll("#drop .upload-file")];
     const overall = document.querySelector("#drop .upload-overall");
@@ -222,7 +258,10 @@ def wait_all_done(page: Any, count: int) -> None:
 
 
 def test_upload_files_and_a_folder_through_the_page(open_web: Web, storage_root: Path,
-                                                    tmp_path: Path, page: Any) -> None:
+                                                    tmp_path: Path, page: Any,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    patches = Patches(tus.handle)
+    monkeypatch.setattr(tus, "handle", patches)
     (storage_root / "inbox").mkdir()
     picked = tmp_path / "picked"
     (picked / "photos" / "2024").mkdir(parents=True)
@@ -239,6 +278,9 @@ def test_upload_files_and_a_folder_through_the_page(open_web: Web, storage_root:
     page.set_input_files("#drop input[type=file]:not([webkitdirectory])",
                          [str(picked / "one.bin"), str(picked / "two words.txt")])
     wait_all_done(page, 2)
+    # A folder picked just after: its uploads, slowed down, outlast the moment the page
+    # meant to reload for the first ones, and must not be cut by that reload.
+    patches.delay = 1.5
     page.set_input_files("#drop input[type=file][webkitdirectory]", str(picked / "photos"))
     wait_all_done(page, 4)
 
@@ -251,37 +293,6 @@ def test_upload_files_and_a_folder_through_the_page(open_web: Web, storage_root:
 
 
 # -- resuming after a reload --------------------------------------------------------------
-
-class Patches:
-    """Wraps tus.handle: records each PATCH's Upload-Offset and body length, and can hold
-    PATCHes from a given offset on until released."""
-
-    def __init__(self, handle: Callable[..., None]) -> None:
-        self.handle = handle
-        self.seen: list[tuple[int, int]] = []  # (Upload-Offset, Content-Length)
-        self.hold_from: int | None = None
-        self.held = threading.Event()
-        self.release = threading.Event()
-        self.finished = threading.Event()
-
-    def __call__(self, handler: Any, session: Any, rest: str) -> None:
-        if handler.command != "PATCH":
-            return self.handle(handler, session, rest)
-        offset = int(handler.headers.get("Upload-Offset", "-1"))
-        length = int(handler.headers.get("Content-Length", "0"))
-        held = self.hold_from is not None and offset >= self.hold_from
-        if held:
-            self.hold_from = None
-            self.held.set()
-            self.release.wait(30)
-        try:
-            self.handle(handler, session, rest)
-        finally:
-            if held:
-                self.finished.set()
-            else:
-                self.seen.append((offset, length))
-
 
 def test_upload_resumes_after_a_reload(open_web: Web, storage_root: Path, tmp_path: Path,
                                        page: Any, monkeypatch: pytest.MonkeyPatch) -> None:
