@@ -181,8 +181,13 @@
       running--;
       update();
       if (queue.length) next();
-      else if (!running && !totals.failed) setTimeout(function () { location.reload(); }, 800);
+      else if (!running && !totals.failed) setTimeout(reloadIfIdle, 800);
     });
+  }
+
+  /* Show the listing with the new files, unless more were dropped meanwhile. */
+  function reloadIfIdle() {
+    if (!running && !queue.length && !totals.failed) location.reload();
   }
 
   function update() {
