@@ -267,6 +267,7 @@ def test_upload_files_and_a_folder_through_the_page(open_web: Web, storage_root:
     (picked / "photos" / "2024").mkdir(parents=True)
     files = {"one.bin": random_bytes(CHUNK + 12345, "one"),  # two chunks
              "two words.txt": "héllo wörld\n".encode() * 50,
+             "empty": b"",
              "photos/a.jpg": random_bytes(70_000, "a"),
              "photos/2024/b.txt": b"b\n"}
     for name, data in files.items():
@@ -276,17 +277,17 @@ def test_upload_files_and_a_folder_through_the_page(open_web: Web, storage_root:
     assert page.get_attribute("#drop", "data-writable") == "true"
     assert page.is_visible("#drop button.upload-pick:text-is('Choose a folder')")
     page.set_input_files("#drop input[type=file]:not([webkitdirectory])",
-                         [str(picked / "one.bin"), str(picked / "two words.txt")])
-    wait_all_done(page, 2)
+                         [str(picked / name) for name in ("one.bin", "two words.txt", "empty")])
+    wait_all_done(page, 3)
     # A folder picked just after: its uploads, slowed down, outlast the moment the page
     # meant to reload for the first ones, and must not be cut by that reload.
     patches.delay = 1.5
     page.set_input_files("#drop input[type=file][webkitdirectory]", str(picked / "photos"))
-    wait_all_done(page, 4)
+    wait_all_done(page, 5)
 
     # Once all are done the page reloads and lists them.
     page.wait_for_selector("#listing a:text-is('one.bin')")
-    assert names(page) == ["photos/", "one.bin", "two words.txt"]
+    assert names(page) == ["photos/", "empty", "one.bin", "two words.txt"]
     for name, data in files.items():
         assert (storage_root / "inbox" / name).read_bytes() == data, name
     assert leftovers(storage_root) == []
