@@ -215,7 +215,7 @@ class Patches:
         if held:
             self.hold_from = None
             self.held.set()
-            self.release.wait(30)
+            self.release.wait(WAIT_MS / 1000)
         try:
             self.handle(handler, session, rest)
         finally:
@@ -223,6 +223,17 @@ class Patches:
                 self.finished.set()
             else:
                 self.seen.append((offset, length))
+
+
+@pytest.fixture
+def patches(open_web: Web, monkeypatch: pytest.MonkeyPatch) -> Iterator[Patches]:
+    """The server's tus PATCHes, watched (and released at the end, whatever happened)."""
+    wrapper = Patches(tus.handle)
+    monkeypatch.setattr(tus, "handle", wrapper)
+    try:
+        yield wrapper
+    finally:
+        wrapper.release.set()
 
 
 _ALL_DONE = """(count) => {
@@ -259,9 +270,7 @@ def wait_all_done(page: Any, count: int) -> None:
 
 def test_upload_files_and_a_folder_through_the_page(open_web: Web, storage_root: Path,
                                                     tmp_path: Path, page: Any,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    patches = Patches(tus.handle)
-    monkeypatch.setattr(tus, "handle", patches)
+                                                    patches: Patches) -> None:
     (storage_root / "inbox").mkdir()
     picked = tmp_path / "picked"
     (picked / "photos" / "2024").mkdir(parents=True)
@@ -296,9 +305,7 @@ def test_upload_files_and_a_folder_through_the_page(open_web: Web, storage_root:
 # -- resuming after a reload --------------------------------------------------------------
 
 def test_upload_resumes_after_a_reload(open_web: Web, storage_root: Path, tmp_path: Path,
-                                       page: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    patches = Patches(tus.handle)
-    monkeypatch.setattr(tus, "handle", patches)
+                                       page: Any, patches: Patches) -> None:
     size = 24 * MiB
     data = random_bytes(size, "big")
     source = tmp_path / "big.bin"
