@@ -19,11 +19,17 @@ __all__ = ["listing", "login_form", "error_page", "human_size", "CSP"]
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
        "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 
+#: The pages' referrer policy is ``same-origin`` (a ``<meta>`` over the server's
+#: ``Referrer-Policy: no-referrer``): under ``no-referrer`` a browser sends
+#: ``Origin: null`` with a form's POST, which the server must refuse as
+#: cross-site, so the login and logout forms could not work.  ``same-origin``
+#: names this site in ``Origin`` and sends no ``Referer`` to any other site.
 _HEAD = """<!doctype html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="referrer" content="same-origin">
 <title>{title}</title>
 <link rel="stylesheet" href="/.static/web.css">
 {scripts}</head>

@@ -181,15 +181,22 @@
       running--;
       update();
       if (queue.length) next();
-      else if (!running && !totals.failed) setTimeout(function () { location.reload(); }, 800);
+      else if (!running && !totals.failed) setTimeout(reloadIfIdle, 800);
     });
+  }
+
+  /* Show the listing with the new files, unless more were dropped meanwhile. */
+  function reloadIfIdle() {
+    if (!running && !queue.length && !totals.failed) location.reload();
   }
 
   function update() {
     var done = totals.ok + totals.failed;
     overall.hidden = totals.files === 0;
     overall.max = Math.max(totals.bytes, 1);
-    overall.value = Math.min(totals.done, overall.max);
+    // Only empty files: the bar fills once they are all through.
+    overall.value = totals.bytes ? Math.min(totals.done, overall.max)
+      : (done === totals.files ? 1 : 0);
     summary.textContent = totals.files ? done + " of " + totals.files + " files, " +
       size(totals.done) + " of " + size(totals.bytes) +
       (totals.failed ? ", " + totals.failed + " failed" : "") : "";
@@ -280,6 +287,7 @@
       }
     }
     localStorage.removeItem(this.key);
+    this.bar.value = this.bar.max;  // full for an empty file too (its bar's max is 1)
     this.show("done");
   };
 
