@@ -33,6 +33,8 @@ __all__ = ["Client", "TransferResult", "ProgressCallback", "DEFAULT_PORT"]
 DEFAULT_PORT = 2121
 #: ``progress(done, total)``: bytes of the file held so far, and its size.
 ProgressCallback = Callable[[int, int], None]
+#: Downloads of at most this many bytes keep no resume record (a cut one starts again).
+RESUME_MIN = 1024 * 1024
 #: A hash with more than this left to read reports its progress (``hashing``).
 HASHING_SHOWN = 8 * 1024 * 1024
 #: At most this many listing entries are read from one folder (a server could send them forever).
@@ -666,10 +668,17 @@ class PartialDownload:
         return held, meta["source"], checkpoint
 
     def start(self, remote: str, source: str, size: int, offset: int) -> None:
-        """Record what is being downloaded and cut the partial to ``offset``."""
+        """Record what is being downloaded and cut the partial to ``offset``.
+
+        A file of at most :data:`RESUME_MIN` bytes keeps no record: if it is cut, it
+        is fetched whole again, which costs less than a record for every small file.
+        """
         self._fields = {"remote": remote, "source": source, "filesize": size}
         try:
-            self.meta.write_text(json.dumps(self._fields), "utf-8")
+            if size > RESUME_MIN:
+                self.meta.write_text(json.dumps(self._fields), "utf-8")
+            else:
+                self.meta.unlink(missing_ok=True)
             with open(self.path, "ab") as file:
                 file.truncate(offset)
         except OSError as error:
