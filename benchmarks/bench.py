@@ -10,9 +10,14 @@ How to run, from the repository root (pyftpdlib comes with the ``bench`` extra):
     python benchmarks/bench.py --size 256MiB
     python benchmarks/bench.py --big         # also a 5 GiB put and get (peak RSS)
     python benchmarks/bench.py --only trees  # folder transfers beside rsync (--quick: 500 files)
+    python benchmarks/bench.py --only web    # the web side beside copyparty (curl, tus, u2c)
 
 ``python -m benchmarks.bench`` works the same.  Groups for ``--only``:
-md5, raw, pyftpdlib, ours, resume, threads, cli, idle, trees, big.
+md5, raw, pyftpdlib, ours, resume, threads, cli, idle, trees, web, big.
+
+The ``web`` group (benchmarks/web.py) times a curl download and a tus upload of the main
+file on the web side beside copyparty (curl, its ``u2c`` uploader, a curl PUT), with the
+servers' peak RSS, and prints its own table.
 
 The ``trees`` group (benchmarks/trees.py) times whole ``ftpclient put -r`` / ``get -r``
 commands beside ``rsync -a`` against an rsync daemon, on loopback and through a proxy
@@ -62,6 +67,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from benchmarks.trees import TreeBench  # noqa: E402  (needs REPO on sys.path)
+from benchmarks.web import WebBench  # noqa: E402
 
 LOOPBACK = "127.0.0.1"
 KiB, MiB, GiB = 1024, 1024**2, 1024**3
@@ -70,7 +76,7 @@ SMALL_SIZE = 1_000_000          # the "1 MB" files of the concurrency measures
 IDLE_BATCH = 50
 BIG_SIZE = 5 * GiB
 FTP_BLOCK = MiB                 # ftplib storbinary/retrbinary blocksize
-GROUPS = ("md5", "raw", "pyftpdlib", "ours", "resume", "threads", "cli", "idle", "trees", "big")
+GROUPS = ("md5", "raw", "pyftpdlib", "ours", "resume", "threads", "cli", "idle", "trees", "web", "big")
 #: Slow groups run at most this many times unless --runs is given: keeps the default run short.
 HEAVY_RUNS = {"cli": 3, "resume": 3, "trees": 3}
 SHA256_SIZE = 256 * MiB         # sha256 is only a reference: a smaller buffer total will do
@@ -393,6 +399,7 @@ class Bench:
         self.idle = 500
         self.server_cpu: float | None = None
         self.trees: TreeBench | None = None
+        self.web: WebBench | None = None
         self.names = {"n": self.clients, "jobs": self.jobs, "idle": self.idle,
                       "big": human_size(BIG_SIZE)}
 
@@ -442,7 +449,7 @@ class Bench:
 
     def prepare(self) -> None:
         started = time.perf_counter()
-        needs_main = {"raw", "pyftpdlib", "ours", "resume"} & set(self.groups)
+        needs_main = {"raw", "pyftpdlib", "ours", "resume", "web"} & set(self.groups)
         if needs_main:
             self.main_md5 = make_file(self.main, self.size)
         if {"threads", "cli", "idle"} & set(self.groups):
@@ -599,6 +606,11 @@ class Bench:
         if self.trees is None:
             self.trees = TreeBench(self.tmp, self.args.quick, CHILD_ENV, lambda: self.server("ours"))
         self.trees.round(run)
+
+    def bench_web(self, run: int) -> None:
+        if self.web is None:
+            self.web = WebBench(self.tmp, self.main, self.size, CHILD_ENV)
+        self.web.round(run)
 
     def _clean(self, server: Server, prefix: str) -> None:
         for path in server.root.glob(f"*{prefix}*"):
@@ -781,6 +793,8 @@ class Bench:
     def stop(self) -> None:
         if self.trees is not None:
             self.trees.stop()
+        if self.web is not None:
+            self.web.stop()
         for server in self.servers.values():
             server.stop()
         self.servers.clear()
@@ -903,6 +917,7 @@ def render(bench: Bench) -> str:
                f"{os.cpu_count()} cores, {platform.system()} {platform.release()} "
                f"({platform.machine()})")
     trees = bench.trees.render(bench.runs_of("trees")) if bench.trees else []
+    trees += bench.web.render(bench.runs_of("web")) if bench.web else []
     if not results:
         return "\n".join([machine] + trees)
     lines = [
