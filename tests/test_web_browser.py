@@ -25,6 +25,8 @@ from ftpserver.web import pages, tus
 from helpers import LOOPBACK
 from web_helpers import PASSWORD, Web, users, web_server
 
+pytestmark = pytest.mark.browser
+
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update",
