@@ -3,17 +3,20 @@ Playwright against a real FTPServer and its WebServer on 127.0.0.1.
 
 The listing page (rows, sorting, downloads), uploads through the page's own
 script (/.static/upload.js) with their progress bars, an upload resumed after a
-reload, and the login form.  The browser reaches nothing but the test's server:
-every other request is aborted.  Without /usr/bin/chromium or the Python package
-``playwright`` (which never downloads a browser here) these tests skip.
+reload, the login form, and share links opened without a login.  The browser
+reaches nothing but the test's server: every other request is aborted.  Without
+/usr/bin/chromium or the Python package ``playwright`` (which never downloads a
+browser here) these tests skip.
 """
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import re
 import threading
 import time
+import zipfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -22,7 +25,7 @@ import pytest
 from ftpserver.config import Config
 from ftpserver.web import pages, tus
 
-from helpers import LOOPBACK
+from helpers import LOOPBACK, run_cli
 from web_helpers import PASSWORD, Web, users, web_server
 
 pytestmark = pytest.mark.browser
@@ -380,3 +383,59 @@ def test_login_form_lands_on_the_listing_with_an_httponly_cookie(
         page.click("header form.account button[type=submit]")  # log out
         page.goto(web.url)
         assert page.url.startswith(web.url + ".login")
+
+
+# -- share links ----------------------------------------------------------------------------
+
+def _download(page: Any, url: str) -> Any:
+    """Open ``url`` as a person pasting a link would; return the download it starts."""
+    from playwright.sync_api import Error
+    with page.expect_download(timeout=WAIT_MS) as started:
+        try:
+            page.goto(url)
+        except Error as error:  # a navigation that turns into a download ends the goto
+            if "Download is starting" not in str(error):
+                raise
+    return started.value
+
+
+def test_share_links_download_in_a_browser_without_a_login(storage_root: Path, context: Any,
+                                                           page: Any) -> None:
+    home = storage_root / "alice"
+    (home / "photos" / "2024").mkdir(parents=True)
+    report = random_bytes(200_000, "report")
+    (home / "report.pdf").write_bytes(report)
+    photos = {"beach.jpg": random_bytes(90_000, "beach"), "2024/dunes.jpg": b"dunes\n" * 10}
+    for name, data in photos.items():
+        (home / "photos" / name).write_bytes(data)
+    config = Config(host=LOOPBACK, port=0, root=storage_root, idle_timeout=30, http_port=0,
+                    anonymous=False, users=users(storage_root, alice={}))
+    with web_server(config) as web:
+        port = web.ftp.server_address[1]
+
+        def share(path: str) -> str:
+            made = run_cli(port, "-u", "alice", "share", path, env={"FTP_PASSWORD": PASSWORD})
+            assert made.returncode == 0, made.stderr
+            url = made.stdout.strip()
+            assert url.startswith(web.url + ".share/"), url
+            return url
+
+        file_url, folder_url = share("report.pdf"), share("photos")
+
+        # This browser has never logged in: the listing wants a login ...
+        assert context.cookies() == []
+        page.goto(web.url)
+        assert page.url.startswith(web.url + ".login")
+
+        # ... but the links download all the same.
+        download = _download(page, file_url)
+        assert download.suggested_filename == "report.pdf"
+        assert Path(download.path()).read_bytes() == report
+
+        download = _download(page, folder_url)
+        assert download.suggested_filename == "photos.zip"
+        with zipfile.ZipFile(io.BytesIO(Path(download.path()).read_bytes())) as archive:
+            got = {name: archive.read(name) for name in archive.namelist()
+                   if not name.endswith("/")}
+        assert got == photos
+        assert context.cookies() == []
