@@ -439,3 +439,84 @@ def test_share_links_download_in_a_browser_without_a_login(storage_root: Path, c
                    if not name.endswith("/")}
         assert got == photos
         assert context.cookies() == []
+
+
+# -- screenshots for the README ---------------------------------------------------------------
+
+SCREENSHOTS = Path(__file__).resolve().parents[1] / "docs" / "screenshots"
+
+
+@pytest.mark.slow
+def test_write_the_readme_screenshots(open_web: Web, storage_root: Path, tmp_path: Path,
+                                      browser: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not a check: writes docs/screenshots/listing-{desktop,phone}.png, a listing with
+    uploads under way (run with: pytest -m slow -k screenshots tests/test_web_browser.py)."""
+    GiB = 1024 * MiB
+    now = time.time()
+    day = 86400
+    # Sparse files: the sizes a real share would show, without the disk they would take.
+    entries = {"Documents/": 12 * day, "Music/": 160 * day, "Photos/": 2 * day,
+               "Projects/": 30 * day,
+               "debian-12.5.0-amd64-netinst.iso": (659 * MiB, 90 * day),
+               "Holiday 2024 - Lisbon.mp4": (int(3.7 * GiB), 40 * day),
+               "tax-return-2023.pdf": (1_284_000, 200 * day),
+               "budget.xlsx": (48_200, 5 * day),
+               "notes.txt": (2_310, 3600)}
+    for name, spec in entries.items():
+        path = storage_root / name.rstrip("/")
+        if name.endswith("/"):
+            path.mkdir()
+            age = spec
+        else:
+            size, age = spec
+            with open(path, "wb") as out:
+                out.truncate(size)
+        os.utime(path, (now - age, now - age))
+
+    # The uploads: one done, two held part-way at the server, one waiting its turn.
+    picked = tmp_path / "picked"
+    picked.mkdir()
+    uploads = {"IMG_0412.HEIC": 2_900_000, "IMG_0415.MOV": 40 * MiB,
+               "scan-passport.pdf": 20 * MiB, "IMG_0419.MOV": 64 * MiB}
+    for name, size in uploads.items():
+        with open(picked / name, "wb") as out:
+            out.truncate(size)
+    hold_from = 2 * CHUNK
+    release = threading.Event()
+    handle = tus.handle
+
+    def held(handler: Any, session: Any, rest: str) -> None:
+        if (handler.command == "PATCH"
+                and int(handler.headers.get("Upload-Offset", "0")) >= hold_from):
+            release.wait(WAIT_MS / 1000)
+        handle(handler, session, rest)
+
+    monkeypatch.setattr(tus, "handle", held)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    shots = {"listing-desktop.png": {"viewport": {"width": 1280, "height": 800}},
+             "listing-phone.png": {"viewport": {"width": 390, "height": 844},
+                                   "device_scale_factor": 2, "is_mobile": True,
+                                   "has_touch": True}}
+    try:
+        for filename, options in shots.items():
+            context = browser.new_context(**options)
+            context.route(re.compile(r"^(?!http://" + re.escape(LOOPBACK) + r":)"),
+                          lambda route: route.abort())
+            try:
+                page = context.new_page()
+                page.goto(open_web.url)
+                page.set_input_files("#drop input[type=file]:not([webkitdirectory])",
+                                     [str(picked / name) for name in uploads])
+                page.wait_for_function("""() => {
+                    const items = [...document.querySelectorAll("#drop .upload-file")];
+                    const values = items.map(item => item.querySelector("progress").value);
+                    return items.length === 4
+                        && items[0].querySelector(".upload-status").textContent === "done"
+                        && values[1] >= 2 * 8 * 1048576 && values[2] >= 2 * 8 * 1048576;
+                }""", timeout=WAIT_MS)
+                page.wait_for_timeout(300)
+                page.screenshot(path=str(SCREENSHOTS / filename))
+            finally:
+                context.close()
+    finally:
+        release.set()
