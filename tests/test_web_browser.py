@@ -3,17 +3,20 @@ Playwright against a real FTPServer and its WebServer on 127.0.0.1.
 
 The listing page (rows, sorting, downloads), uploads through the page's own
 script (/.static/upload.js) with their progress bars, an upload resumed after a
-reload, and the login form.  The browser reaches nothing but the test's server:
-every other request is aborted.  Without /usr/bin/chromium or the Python package
-``playwright`` (which never downloads a browser here) these tests skip.
+reload, the login form, and share links opened without a login.  The browser
+reaches nothing but the test's server: every other request is aborted.  Without
+/usr/bin/chromium or the Python package ``playwright`` (which never downloads a
+browser here) these tests skip.
 """
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import re
 import threading
 import time
+import zipfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -22,8 +25,10 @@ import pytest
 from ftpserver.config import Config
 from ftpserver.web import pages, tus
 
-from helpers import LOOPBACK
+from helpers import LOOPBACK, run_cli
 from web_helpers import PASSWORD, Web, users, web_server
+
+pytestmark = pytest.mark.browser
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -378,3 +383,140 @@ def test_login_form_lands_on_the_listing_with_an_httponly_cookie(
         page.click("header form.account button[type=submit]")  # log out
         page.goto(web.url)
         assert page.url.startswith(web.url + ".login")
+
+
+# -- share links ----------------------------------------------------------------------------
+
+def _download(page: Any, url: str) -> Any:
+    """Open ``url`` as a person pasting a link would; return the download it starts."""
+    from playwright.sync_api import Error
+    with page.expect_download(timeout=WAIT_MS) as started:
+        try:
+            page.goto(url)
+        except Error as error:  # a navigation that turns into a download ends the goto
+            if "Download is starting" not in str(error):
+                raise
+    return started.value
+
+
+def test_share_links_download_in_a_browser_without_a_login(storage_root: Path, context: Any,
+                                                           page: Any) -> None:
+    home = storage_root / "alice"
+    (home / "photos" / "2024").mkdir(parents=True)
+    report = random_bytes(200_000, "report")
+    (home / "report.pdf").write_bytes(report)
+    photos = {"beach.jpg": random_bytes(90_000, "beach"), "2024/dunes.jpg": b"dunes\n" * 10}
+    for name, data in photos.items():
+        (home / "photos" / name).write_bytes(data)
+    config = Config(host=LOOPBACK, port=0, root=storage_root, idle_timeout=30, http_port=0,
+                    anonymous=False, users=users(storage_root, alice={}))
+    with web_server(config) as web:
+        port = web.ftp.server_address[1]
+
+        def share(path: str) -> str:
+            made = run_cli(port, "-u", "alice", "share", path, env={"FTP_PASSWORD": PASSWORD})
+            assert made.returncode == 0, made.stderr
+            url = made.stdout.strip()
+            assert url.startswith(web.url + ".share/"), url
+            return url
+
+        file_url, folder_url = share("report.pdf"), share("photos")
+
+        # This browser has never logged in: the listing wants a login ...
+        assert context.cookies() == []
+        page.goto(web.url)
+        assert page.url.startswith(web.url + ".login")
+
+        # ... but the links download all the same.
+        download = _download(page, file_url)
+        assert download.suggested_filename == "report.pdf"
+        assert Path(download.path()).read_bytes() == report
+
+        download = _download(page, folder_url)
+        assert download.suggested_filename == "photos.zip"
+        with zipfile.ZipFile(io.BytesIO(Path(download.path()).read_bytes())) as archive:
+            got = {name: archive.read(name) for name in archive.namelist()
+                   if not name.endswith("/")}
+        assert got == photos
+        assert context.cookies() == []
+
+
+# -- screenshots for the README ---------------------------------------------------------------
+
+SCREENSHOTS = Path(__file__).resolve().parents[1] / "docs" / "screenshots"
+
+
+@pytest.mark.slow
+def test_write_the_readme_screenshots(open_web: Web, storage_root: Path, tmp_path: Path,
+                                      browser: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not a check: writes docs/screenshots/listing-{desktop,phone}.png, a listing with
+    uploads under way (run with: pytest -m slow -k screenshots tests/test_web_browser.py)."""
+    GiB = 1024 * MiB
+    now = time.time()
+    day = 86400
+    # Sparse files: the sizes a real share would show, without the disk they would take.
+    entries = {"Documents/": 12 * day, "Music/": 160 * day, "Photos/": 2 * day,
+               "Projects/": 30 * day,
+               "debian-12.5.0-amd64-netinst.iso": (659 * MiB, 90 * day),
+               "Holiday 2024 - Lisbon.mp4": (int(3.7 * GiB), 40 * day),
+               "tax-return-2023.pdf": (1_284_000, 200 * day),
+               "budget.xlsx": (48_200, 5 * day),
+               "notes.txt": (2_310, 3600)}
+    for name, spec in entries.items():
+        path = storage_root / name.rstrip("/")
+        if name.endswith("/"):
+            path.mkdir()
+            age = spec
+        else:
+            size, age = spec
+            with open(path, "wb") as out:
+                out.truncate(size)
+        os.utime(path, (now - age, now - age))
+
+    # The uploads: one done, two held part-way at the server, one waiting its turn.
+    picked = tmp_path / "picked"
+    picked.mkdir()
+    uploads = {"IMG_0412.HEIC": 2_900_000, "IMG_0415.MOV": 40 * MiB,
+               "scan-passport.pdf": 20 * MiB, "IMG_0419.MOV": 64 * MiB}
+    for name, size in uploads.items():
+        with open(picked / name, "wb") as out:
+            out.truncate(size)
+    hold_from = 2 * CHUNK
+    release = threading.Event()
+    handle = tus.handle
+
+    def held(handler: Any, session: Any, rest: str) -> None:
+        if (handler.command == "PATCH"
+                and int(handler.headers.get("Upload-Offset", "0")) >= hold_from):
+            release.wait(WAIT_MS / 1000)
+        handle(handler, session, rest)
+
+    monkeypatch.setattr(tus, "handle", held)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    shots = {"listing-desktop.png": {"viewport": {"width": 1280, "height": 800}},
+             "listing-phone.png": {"viewport": {"width": 390, "height": 844},
+                                   "device_scale_factor": 2, "is_mobile": True,
+                                   "has_touch": True}}
+    try:
+        for filename, options in shots.items():
+            context = browser.new_context(**options)
+            context.route(re.compile(r"^(?!http://" + re.escape(LOOPBACK) + r":)"),
+                          lambda route: route.abort())
+            try:
+                page = context.new_page()
+                page.goto(open_web.url)
+                page.set_input_files("#drop input[type=file]:not([webkitdirectory])",
+                                     [str(picked / name) for name in uploads])
+                page.wait_for_function("""() => {
+                    const items = [...document.querySelectorAll("#drop .upload-file")];
+                    const values = items.map(item => item.querySelector("progress").value);
+                    return items.length === 4
+                        && items[0].querySelector(".upload-status").textContent === "done"
+                        && values[1] >= 2 * 8 * 1048576 && values[2] >= 2 * 8 * 1048576;
+                }""", timeout=WAIT_MS)
+                page.wait_for_timeout(300)
+                page.screenshot(path=str(SCREENSHOTS / filename))
+            finally:
+                context.close()
+    finally:
+        release.set()
