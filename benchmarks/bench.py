@@ -746,6 +746,9 @@ class Bench:
                 done, rss = self.sample_server(
                     server, lambda: run_command(command, self.tmp, timeout))
                 self._check_copy(key, written)
+                print(f"  {key}: {done['seconds']:.2f} s, {self.size / MB / done['seconds']:.0f} "
+                      f"MB/s, CPU {self.server_cpu or 0:.2f} + {done['cpu']:.2f} s",
+                      file=sys.stderr)
                 self.record(key, self.size / MB / done["seconds"], rss, done["hwm"])
                 self.record_cpu(key, self.server_cpu, done["cpu"], self.size / GiB)
         finally:
