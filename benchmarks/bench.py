@@ -445,6 +445,8 @@ MEASURES: dict[str, tuple[str, str]] = {
     "cmd_put_blake3": ("command: `ftpclient -q --hash blake3 put FILE`", "MB/s"),
     "cmd_get_blake3": ("command: `ftpclient -q --hash blake3 get FILE OUT`", "MB/s"),
     "cmd_startup": ("command: `ftpclient -q ls` (start-up, connect, one request)", "s"),
+    "cmd_disk": ("disk: copy the file + fsync, in process (1 MiB blocks; beside the commands)",
+                 "MB/s"),
     "threads_ours": ("ours: {n} clients (threads), put+get 1 MB each", "files/s"),
     "threads_ours_blake3": ("ours: {n} clients (threads), put+get 1 MB each, blake3", "files/s"),
     "threads_pyftpdlib": ("pyftpdlib: {n} clients (threads, ftplib), STOR+RETR 1 MB", "files/s"),
@@ -708,7 +710,7 @@ class Bench:
     def bench_commands(self, run: int) -> None:
         """One put and one get of the main file per tool, whole commands from start to exit,
         the tools taking turns in an order rotated every round."""
-        tools = ["pyftpdlib", "md5"] + (["blake3"] if HAS_BLAKE3 else [])
+        tools = ["disk", "pyftpdlib", "md5"] + (["blake3"] if HAS_BLAKE3 else [])
         shift = (run - 1) % len(tools)
         ours = self.server("ours")
         base = [sys.executable, "-m", "ftpclient", "-q", "-H", LOOPBACK, "-p", str(ours.port)]
@@ -719,6 +721,22 @@ class Bench:
             self._command_pair(tool)
 
     def _command_pair(self, tool: str) -> None:
+        if tool == "disk":   # what a get that makes its file durable cannot beat
+            out = self.tmp / "disk_out.bin"
+            os.sync()
+            try:
+                started = time.perf_counter()
+                with open(self.main, "rb") as source, open(out, "wb") as target:
+                    shutil.copyfileobj(source, target, MiB)
+                    target.flush()
+                    os.fsync(target.fileno())
+                seconds = time.perf_counter() - started
+            finally:
+                remove(out)
+            print(f"  cmd_disk: {seconds:.2f} s, {self.size / MB / seconds:.0f} MB/s",
+                  file=sys.stderr)
+            self.record("cmd_disk", self.size / MB / seconds)
+            return
         timeout = transfer_timeout(self.size)
         name, out = self.main.name, "cmd_out.bin"   # relative to self.tmp, the commands' cwd
         if tool == "pyftpdlib":
@@ -1127,6 +1145,10 @@ GOALS = [
     Goal("{n} clients (threads), blake3 / pyftpdlib, files/s", "threads_ours_blake3",
          "threads_pyftpdlib", ">=", 0.8),
     Goal("blake3 in memory (1 MiB buffers, one thread), MB/s", "blake3", None, "info"),
+    Goal("get --hash blake3, whole command / disk copy + fsync", "cmd_get_blake3", "cmd_disk",
+         "info"),
+    Goal("pyftpdlib RETR, whole command (no fsync) / disk copy + fsync", "cmd_pyftpdlib_get",
+         "cmd_disk", "info"),
     Goal("put md5 / pyftpdlib STOR, whole commands", "cmd_put", "cmd_pyftpdlib_put", "info"),
     Goal("get md5 / pyftpdlib RETR, whole commands", "cmd_get", "cmd_pyftpdlib_get", "info"),
     Goal("put --hash blake3 / pyftpdlib STOR, in process", "ours_put_blake3", "pyftpdlib_stor",
