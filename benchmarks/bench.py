@@ -11,13 +11,27 @@ How to run, from the repository root (pyftpdlib comes with the ``bench`` extra):
     python benchmarks/bench.py --big         # also a 5 GiB put and get (peak RSS)
     python benchmarks/bench.py --only trees  # folder transfers beside rsync (--quick: 500 files)
     python benchmarks/bench.py --only web    # the web side beside copyparty (curl, tus, u2c)
+    python benchmarks/bench.py --only blake3,commands   # issue 14's measures and targets
 
 ``python -m benchmarks.bench`` works the same.  Groups for ``--only``:
-md5, raw, pyftpdlib, ours, resume, threads, cli, idle, trees, web, big.
+md5, raw, pyftpdlib, ours, commands, resume, threads, blake3, cli, idle, trees, web, big.
 
 The ``web`` group (benchmarks/web.py) times a curl download and a tus upload of the main
 file on the web side beside copyparty (curl, its ``u2c`` uploader, a curl PUT), with the
 servers' peak RSS, and prints its own table.
+
+With the ``blake3`` package installed (``pip install '.[fast]'``), ``ours`` and ``threads``
+also run with ``--hash blake3``, and ``md5`` also times blake3 in memory.  The ``blake3``
+group alone runs just those rows and the pyftpdlib figures they are compared with.
+
+The ``commands`` group times whole commands as a user runs them, from start to exit:
+``python -m ftpclient -q -H 127.0.0.1 -p PORT put FILE`` and ``get FILE OUT`` (md5, the
+default, and with ``--hash blake3``), beside the same file stored and fetched by a small
+ftplib script run as a process (STOR/RETR, 1 MiB blocks) against pyftpdlib.  Each command
+is preceded by ``sync`` and nothing else (no cache is dropped); each put is a fresh one
+(the remote file is removed first, untimed) and each get writes a new file.  The tools take
+turns within a round, in an order rotated every round.  ``--only blake3`` and ``--only
+commands`` also run ``md5`` (the in-memory rates their targets are measured against).
 
 The ``trees`` group (benchmarks/trees.py) times whole ``ftpclient put -r`` / ``get -r``
 commands beside ``rsync -a`` against an rsync daemon, on loopback and through a proxy
@@ -76,12 +90,21 @@ SMALL_SIZE = 1_000_000          # the "1 MB" files of the concurrency measures
 IDLE_BATCH = 50
 BIG_SIZE = 5 * GiB
 FTP_BLOCK = MiB                 # ftplib storbinary/retrbinary blocksize
-GROUPS = ("md5", "raw", "pyftpdlib", "ours", "resume", "threads", "cli", "idle", "trees", "web", "big")
+GROUPS = ("md5", "raw", "pyftpdlib", "ours", "commands", "resume", "threads", "blake3", "cli",
+          "idle", "trees", "web", "big")
 #: Slow groups run at most this many times unless --runs is given: keeps the default run short.
 HEAVY_RUNS = {"cli": 3, "resume": 3, "trees": 3}
 SHA256_SIZE = 256 * MiB         # sha256 is only a reference: a smaller buffer total will do
+BLAKE3_MIN = 256 * MiB          # blake3 in memory hashes at least this much (it is fast)
 CHILD_ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(
     [str(REPO)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []))}
+CHILD_ENV.pop("FTP_HASH", None)  # the md5 commands run with the client's own default
+
+try:
+    from blake3 import blake3 as _blake3
+except ImportError:             # pip install '.[fast]'
+    _blake3 = None
+HAS_BLAKE3 = _blake3 is not None
 
 
 # -- small helpers -------------------------------------------------------------
@@ -198,6 +221,58 @@ def run_worker(args: Sequence[str], timeout: float) -> dict[str, Any]:
 
 def my_peak() -> int:
     return proc_status(os.getpid(), "VmHWM") or 0
+
+
+def run_command(command: Sequence[str], cwd: Path, timeout: float) -> dict[str, Any]:
+    """Run one whole command; return its wall time from start to exit, its CPU seconds (from
+    wait4) and its peak RSS (VmHWM, read every 20 ms while it runs: wait4's ru_maxrss would
+    count this process's own size, which the child had until its exec)."""
+    with tempfile.TemporaryFile(dir=cwd) as output:
+        peak = [0]
+        running = threading.Event()
+        started = time.perf_counter()
+        process = subprocess.Popen(list(command), cwd=cwd, env=CHILD_ENV, stdin=subprocess.DEVNULL,
+                                   stdout=output, stderr=subprocess.STDOUT)
+
+        def watch() -> None:
+            time.sleep(0.02)   # past the exec
+            while not running.wait(0.02):
+                peak[0] = max(peak[0], proc_status(process.pid, "VmHWM") or 0)
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        timer = threading.Timer(timeout, process.kill)
+        timer.start()
+        try:
+            _, status, usage = os.wait4(process.pid, 0)
+        finally:
+            timer.cancel()
+            running.set()
+        seconds = time.perf_counter() - started
+        watcher.join(5)
+        process.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
+        if process.returncode != 0:
+            output.seek(0)
+            text = output.read().decode(errors="replace").strip()[-500:]
+            raise RuntimeError(f"{' '.join(map(str, command[1:]))} failed "
+                               f"({process.returncode}): {text}")
+    return {"seconds": seconds, "cpu": usage.ru_utime + usage.ru_stime, "hwm": peak[0] or None}
+
+
+def file_digest(path: Path, hash: str) -> str:
+    """A file's hex digest: a hashlib name, or blake3 (all cores: this is only a check)."""
+    if hash != "blake3":
+        with open(path, "rb") as file:
+            return hashlib.file_digest(file, hash).hexdigest()
+    if _blake3 is None:
+        raise RuntimeError("the blake3 package is not installed: pip install '.[fast]'")
+    digest = _blake3(max_threads=_blake3.AUTO)
+    buffer = bytearray(16 * MiB)
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as file:
+        while got := file.readinto(buffer):
+            digest.update(view[:got])
+    return digest.hexdigest()
 
 
 # -- servers -------------------------------------------------------------------
@@ -354,6 +429,7 @@ class Result:
 MEASURES: dict[str, tuple[str, str]] = {
     "md5": ("md5 in memory (1 MiB buffer)", "MB/s"),
     "sha256": ("sha256 in memory (1 MiB buffer)", "MB/s"),
+    "blake3": ("blake3 in memory (1 MiB buffer, one thread)", "MB/s"),
     "raw": ("raw copy: sendfile -> recv_into, to a file", "MB/s"),
     "naive": ("naive md5 copy: md5 in the I/O loop, both ends", "MB/s"),
     "fsync": ("disk: write a file + fsync", "MB/s"),
@@ -364,7 +440,21 @@ MEASURES: dict[str, tuple[str, str]] = {
     "ours_get_again": ("ours get again (server md5 remembered)", "MB/s"),
     "ours_put_sha256": ("ours put, --hash sha256 (restart)", "MB/s"),
     "ours_get_sha256": ("ours get, --hash sha256", "MB/s"),
+    "ours_put_blake3": ("ours put, --hash blake3 (restart)", "MB/s"),
+    "ours_get_blake3": ("ours get, --hash blake3", "MB/s"),
+    "cmd_pyftpdlib_put": ("command: ftplib script STOR to pyftpdlib (1 MiB blocks, no hash)",
+                          "MB/s"),
+    "cmd_pyftpdlib_get": ("command: ftplib script RETR from pyftpdlib (1 MiB blocks, no hash)",
+                          "MB/s"),
+    "cmd_put": ("command: `ftpclient -q put FILE` (md5)", "MB/s"),
+    "cmd_get": ("command: `ftpclient -q get FILE OUT` (md5)", "MB/s"),
+    "cmd_put_blake3": ("command: `ftpclient -q --hash blake3 put FILE`", "MB/s"),
+    "cmd_get_blake3": ("command: `ftpclient -q --hash blake3 get FILE OUT`", "MB/s"),
+    "cmd_startup": ("command: `ftpclient -q ls` (start-up, connect, one request)", "s"),
+    "cmd_disk": ("disk: copy the file + fsync, in process (1 MiB blocks; beside the commands)",
+                 "MB/s"),
     "threads_ours": ("ours: {n} clients (threads), put+get 1 MB each", "files/s"),
+    "threads_ours_blake3": ("ours: {n} clients (threads), put+get 1 MB each, blake3", "files/s"),
     "threads_pyftpdlib": ("pyftpdlib: {n} clients (threads, ftplib), STOR+RETR 1 MB", "files/s"),
     "cli_ours": ("ours: {n} x `ftpclient put` + `get` 1 MB, {jobs} at a time", "files/s"),
     "cli_pyftpdlib": ("pyftpdlib: {n} x one-shot ftplib put + get, {jobs} at a time", "files/s"),
@@ -391,7 +481,7 @@ class Bench:
         self.servers: dict[str, Server] = {}
         self.main = tmp / "main.bin"
         self.main_md5 = ""
-        self.main_sha256 = ""
+        self.main_digests: dict[str, str] = {}   # other hashes of the main file, when needed
         self.small_dir = tmp / "small"
         self.clients = 100
         self.cli_count = 10 if args.quick else 100
@@ -449,10 +539,12 @@ class Bench:
 
     def prepare(self) -> None:
         started = time.perf_counter()
-        needs_main = {"raw", "pyftpdlib", "ours", "resume", "web"} & set(self.groups)
+        needs_main = {"raw", "pyftpdlib", "ours", "resume", "commands", "blake3", "web"} \
+            & set(self.groups)
         if needs_main:
             self.main_md5 = make_file(self.main, self.size)
-        if {"threads", "cli", "idle"} & set(self.groups):
+        if {"threads", "cli", "idle"} & set(self.groups) or (
+                "blake3" in self.groups and HAS_BLAKE3):
             self.small_dir.mkdir()
             for index in range(max(self.clients, self.cli_count)):
                 make_file(self.small_dir / f"small_{index:03d}.bin", SMALL_SIZE)
@@ -462,8 +554,11 @@ class Bench:
 
     def bench_md5(self, run: int) -> None:
         buffer = os.urandom(MiB)
-        for key, algorithm, size in (("md5", hashlib.md5, self.size),
-                                     ("sha256", hashlib.sha256, min(self.size, SHA256_SIZE))):
+        hashes: list[tuple[str, Callable[[], Any], int]] = [
+            ("md5", hashlib.md5, self.size), ("sha256", hashlib.sha256, min(self.size, SHA256_SIZE))]
+        if HAS_BLAKE3:  # as the product hashes: one thread per end (the other end hashes too)
+            hashes.append(("blake3", lambda: _blake3(max_threads=1), max(self.size, BLAKE3_MIN)))
+        for key, algorithm, size in hashes:
             digest = algorithm()
             blocks = max(1, size // MiB)
             started = time.perf_counter()
@@ -541,55 +636,177 @@ class Bench:
         self.record_cpu("pyftpdlib_retr", self.server_cpu, get["cpu"], self.size / GiB)
 
     def bench_ours(self, run: int) -> None:
+        self._ours("md5", "", ("ours_get", "ours_get_again"))
+        self._ours("sha256", "_sha256", ("ours_get_sha256",))
+        if HAS_BLAKE3:
+            self._ours("blake3", "_blake3", ("ours_get_blake3",))
+
+    def _ours(self, hash: str, suffix: str, gets: Sequence[str]) -> None:
+        """A put of the main file with ``hash`` (restart), then ``gets`` of it (one per key)."""
         server = self.server("ours")
         timeout = transfer_timeout(self.size)
         out = self.tmp / "ours_out.bin"
-        for hash, suffix, gets in (("md5", "", ("ours_get", "ours_get_again")),
-                                   ("sha256", "_sha256", ("ours_get_sha256",))):
-            put, rss = self.sample_server(server, lambda: run_worker(
-                ["ours-put", server.port, self.main, "main.bin", hash], timeout))
-            self._check_digest("ours put", put)
-            self.record(f"ours_put{suffix}", self.size / MB / put["seconds"], rss, put["hwm"])
-            self.record_cpu(f"ours_put{suffix}", self.server_cpu, put["cpu"], self.size / GiB)
-            for key in gets:
-                try:
-                    get, rss = self.sample_server(server, lambda: run_worker(
-                        ["ours-get", server.port, "main.bin", out, hash], timeout))
-                finally:
-                    remove(out)
-                self._check_digest("ours get", get)
-                self.record(key, self.size / MB / get["seconds"], rss, get["hwm"])
-                self.record_cpu(key, self.server_cpu, get["cpu"], self.size / GiB)
+        put, rss = self.sample_server(server, lambda: run_worker(
+            ["ours-put", server.port, self.main, "main.bin", hash], timeout))
+        self._check_digest("ours put", put)
+        self.record(f"ours_put{suffix}", self.size / MB / put["seconds"], rss, put["hwm"])
+        self.record_cpu(f"ours_put{suffix}", self.server_cpu, put["cpu"], self.size / GiB)
+        for key in gets:
+            try:
+                get, rss = self.sample_server(server, lambda: run_worker(
+                    ["ours-get", server.port, "main.bin", out, hash], timeout))
+            finally:
+                remove(out)
+            self._check_digest("ours get", get)
+            self.record(key, self.size / MB / get["seconds"], rss, get["hwm"])
+            self.record_cpu(key, self.server_cpu, get["cpu"], self.size / GiB)
 
     def _check_digest(self, what: str, result: dict[str, Any]) -> None:
+        if result["hash"] != "md5" and result["hash"] != result.get("asked", result["hash"]):
+            raise RuntimeError(f"{what}: checked with {result['hash']}, not {result['asked']}")
         if result["hash"] == "md5":
             self._check_md5(what, result["digest"])
             return
-        if not self.main_sha256:
-            with open(self.main, "rb") as file:
-                self.main_sha256 = hashlib.file_digest(file, "sha256").hexdigest()
-        if result["digest"] != self.main_sha256:
-            raise RuntimeError(f"{what}: sha256 {result['digest']} is not the file's")
+        expected = self.main_digest(result["hash"])
+        if result["digest"] != expected:
+            raise RuntimeError(f"{what}: {result['hash']} {result['digest']} is not the file's")
+
+    def main_digest(self, hash: str) -> str:
+        """The main file's ``hash`` (sha256 or blake3), computed once."""
+        if hash not in self.main_digests:
+            self.main_digests[hash] = file_digest(self.main, hash)
+        return self.main_digests[hash]
 
     def _check_md5(self, what: str, md5: str, expected: str | None = None) -> None:
         if md5 != (expected or self.main_md5):
             raise RuntimeError(f"{what}: md5 {md5} is not the file's {expected or self.main_md5}")
 
     def bench_threads(self, run: int) -> None:
-        for name in ("ours", "pyftpdlib"):
-            server = self.server(name)
-            prefix = f"t{run}_"
+        self._threads(run, "ours")
+        if HAS_BLAKE3:
+            self._threads(run, "ours", "blake3")
+        self._threads(run, "pyftpdlib")
+
+    def _threads(self, run: int, name: str, hash: str = "md5") -> None:
+        """``self.clients`` clients at once against server ``name``, ours checking with ``hash``."""
+        server = self.server(name)
+        key = f"threads_{name}" + (f"_{hash}" if hash != "md5" else "")
+        prefix = f"t{run}{hash[0]}_"
+        try:
+            done, rss = self.sample_server(server, lambda: run_worker(
+                [f"threads-{name}", server.port, self.small_dir, self.clients, prefix, hash], 300))
+        finally:
+            self._clean(server, prefix)
+        self.record(key, done["files"] / done["seconds"], rss, done["hwm"])
+        self.record_cpu(key, self.server_cpu, done["cpu"], done["files"] / 100)
+
+    def bench_blake3(self, run: int) -> None:
+        """The blake3 rows (and the pyftpdlib figures they are set against) that the other
+        selected groups do not already take."""
+        if not HAS_BLAKE3:
+            raise RuntimeError("the blake3 package is not installed: pip install '.[fast]'")
+        if "pyftpdlib" not in self.groups:
+            self.bench_pyftpdlib(run)
+        if "ours" not in self.groups:
+            self._ours("blake3", "_blake3", ("ours_get_blake3",))
+        if "threads" not in self.groups:
+            self._threads(run, "ours", "blake3")
+            self._threads(run, "pyftpdlib")
+
+    # -- whole commands, as a user runs them --
+
+    def bench_commands(self, run: int) -> None:
+        """One put and one get of the main file per tool, whole commands from start to exit,
+        the tools taking turns in an order rotated every round."""
+        tools = ["disk", "pyftpdlib", "md5"] + (["blake3"] if HAS_BLAKE3 else [])
+        shift = (run - 1) % len(tools)
+        ours = self.server("ours")
+        base = [sys.executable, "-m", "ftpclient", "-q", "-H", LOOPBACK, "-p", str(ours.port)]
+        os.sync()
+        done, _ = self.sample_server(ours, lambda: run_command(base + ["ls"], self.tmp, 60))
+        self.record("cmd_startup", done["seconds"])
+        for tool in tools[shift:] + tools[:shift]:
+            self._command_pair(tool)
+
+    def _command_pair(self, tool: str) -> None:
+        if tool == "disk":   # what a get that makes its file durable cannot beat
+            out = self.tmp / "disk_out.bin"
+            os.sync()
             try:
-                done, rss = self.sample_server(server, lambda: run_worker(
-                    [f"threads-{name}", server.port, self.small_dir, self.clients, prefix], 300))
+                started = time.perf_counter()
+                with open(self.main, "rb") as source, open(out, "wb") as target:
+                    shutil.copyfileobj(source, target, MiB)
+                    target.flush()
+                    os.fsync(target.fileno())
+                seconds = time.perf_counter() - started
             finally:
-                self._clean(server, prefix)
-            self.record(f"threads_{name}", done["files"] / done["seconds"], rss, done["hwm"])
-            self.record_cpu(f"threads_{name}", self.server_cpu, done["cpu"], done["files"] / 100)
+                remove(out)
+            print(f"  cmd_disk: {seconds:.2f} s, {self.size / MB / seconds:.0f} MB/s",
+                  file=sys.stderr)
+            self.record("cmd_disk", self.size / MB / seconds)
+            return
+        timeout = transfer_timeout(self.size)
+        name, out = self.main.name, "cmd_out.bin"   # relative to self.tmp, the commands' cwd
+        if tool == "pyftpdlib":
+            server = self.server("pyftpdlib")
+            remove(server.root / name)
+            script = str(self.one_shot_script())
+            put_cmd = [sys.executable, script, "put", str(server.port), name, name]
+            get_cmd = [sys.executable, script, "get", str(server.port), name, out]
+            keys = ("cmd_pyftpdlib_put", "cmd_pyftpdlib_get")
+        else:
+            server = self.server("ours")
+            self._remote_rm(server, name)   # a fresh put, not "already there and identical"
+            base = [sys.executable, "-m", "ftpclient", "-q", "-H", LOOPBACK, "-p", str(server.port)]
+            if tool != "md5":
+                base += ["--hash", tool]
+            put_cmd, get_cmd = base + ["put", name], base + ["get", name, out]
+            suffix = "" if tool == "md5" else f"_{tool}"
+            keys = (f"cmd_put{suffix}", f"cmd_get{suffix}")
+        target = self.tmp / out
+        remove(target)
+        try:
+            for key, command, written in ((keys[0], put_cmd, server.root / name),
+                                          (keys[1], get_cmd, target)):
+                os.sync()
+                done, rss = self.sample_server(
+                    server, lambda: run_command(command, self.tmp, timeout))
+                self._check_copy(key, written)
+                print(f"  {key}: {done['seconds']:.2f} s, {self.size / MB / done['seconds']:.0f} "
+                      f"MB/s, CPU {self.server_cpu or 0:.2f} + {done['cpu']:.2f} s",
+                      file=sys.stderr)
+                self.record(key, self.size / MB / done["seconds"], rss, done["hwm"])
+                self.record_cpu(key, self.server_cpu, done["cpu"], self.size / GiB)
+        finally:
+            remove(target)
+
+    def _check_copy(self, what: str, path: Path) -> None:
+        """The copy has the main file's size (and, with blake3 at hand, its content)."""
+        size = path.stat().st_size if path.exists() else -1
+        if size != self.size:
+            raise RuntimeError(f"{what}: {path.name} holds {size} of {self.size} bytes")
+        if HAS_BLAKE3 and file_digest(path, "blake3") != self.main_digest("blake3"):
+            raise RuntimeError(f"{what}: {path.name} is not a copy of the main file")
+
+    @staticmethod
+    def _remote_rm(server: Server, remote: str) -> None:
+        from ftpclient.client import Client
+        from ftpserver.errors import NotFound
+
+        with Client(LOOPBACK, server.port, timeout=60) as client:
+            try:
+                client.rm(remote)
+            except NotFound:
+                pass
+
+    def one_shot_script(self) -> Path:
+        script = self.tmp / "ftplib_one_shot.py"
+        if not script.exists():
+            script.write_text(FTPLIB_ONE_SHOT)
+        return script
 
     def bench_cli(self, run: int) -> None:
-        script = self.tmp / "ftplib_one_shot.py"
-        script.write_text(FTPLIB_ONE_SHOT)
+        script = self.one_shot_script()
         for name in ("ours", "pyftpdlib"):
             server = self.server(name)
             prefix = f"c{run}_"
@@ -785,8 +1002,17 @@ class Bench:
 
     def _fail(self, group: str, error: Exception) -> None:
         print(f"{group} failed: {error}", file=sys.stderr)
-        keys = [k for k in MEASURES if k.split("_")[0] == group or k == group
-                or (group == "md5" and k == "sha256") or (group == "raw" and k in ("naive", "fsync"))]
+        if group == "blake3":   # only the rows it takes itself
+            keys = [k for k in MEASURES if "blake3" in k and k != "blake3"
+                    and not k.startswith("cmd_") and k.split("_")[0] not in self.groups]
+            keys += [k for k in ("threads_pyftpdlib",) if "threads" not in self.groups]
+            keys += [k for k in MEASURES if k.startswith("pyftpdlib_")
+                     and "pyftpdlib" not in self.groups]
+        else:
+            prefix = "cmd" if group == "commands" else group
+            keys = [k for k in MEASURES if k.split("_")[0] == prefix or k == group
+                    or (group == "md5" and k in ("sha256", "blake3"))
+                    or (group == "raw" and k in ("naive", "fsync"))]
         for key in keys:
             self.result(key).error = str(error).splitlines()[0][:120] if str(error) else repr(error)
 
@@ -886,6 +1112,97 @@ RATIOS = [
 ]
 
 
+@dataclass(frozen=True)
+class Goal:
+    """A target of issue 14: ``top`` over ``bottom`` (a measure), over its own CPU bound
+    (``bottom`` "cpu"), or ``top`` itself (``bottom`` None); with the spread of ``top``."""
+
+    label: str
+    top: str
+    bottom: str | None
+    op: str                 # ">=" or "info"
+    target: float = 0
+
+    def values(self, results: dict[str, Result]) -> tuple[float, float, float] | None:
+        """(value, low, high): the ratio of the medians, and the lowest and highest ratio of
+        one sample: of one round's pair when both are measured in every round, else of each
+        sample of ``top`` over the reference's median (or the bound)."""
+        top = results.get(self.top)
+        if top is None or top.error or not top.values:
+            return None
+        if self.bottom is None:
+            return top.median, min(top.values), max(top.values)  # type: ignore[return-value]
+        if self.bottom == "cpu":
+            bound = cpu_bound(top)
+            if not bound:
+                return None
+            ratios = [v / bound for v in top.values]
+            return top.median / bound, min(ratios), max(ratios)  # type: ignore[operator]
+        bottom = results.get(self.bottom)
+        if bottom is None or bottom.error or not bottom.median:
+            return None
+        if len(bottom.values) == len(top.values):
+            ratios = [t / b for t, b in zip(top.values, bottom.values)]
+        else:
+            ratios = [t / bottom.median for t in top.values]
+        return top.median / bottom.median, min(ratios), max(ratios)  # type: ignore[operator]
+
+
+GOALS = [
+    Goal("put --hash blake3 / pyftpdlib STOR, whole commands", "cmd_put_blake3",
+         "cmd_pyftpdlib_put", ">=", 1.0),
+    Goal("get --hash blake3 / pyftpdlib RETR, whole commands", "cmd_get_blake3",
+         "cmd_pyftpdlib_get", ">=", 1.0),
+    Goal("md5 put, whole command / its CPU bound", "cmd_put", "cpu", ">=", 0.9),
+    Goal("md5 put, in process / its CPU bound", "ours_put", "cpu", "info"),
+    Goal("md5 get, whole command / md5 in memory", "cmd_get", "md5", ">=", 0.8),
+    Goal("md5 get, in process / md5 in memory", "ours_get", "md5", "info"),
+    Goal("{n} clients (threads), blake3 / pyftpdlib, files/s", "threads_ours_blake3",
+         "threads_pyftpdlib", ">=", 0.8),
+    Goal("blake3 in memory (1 MiB buffers, one thread), MB/s", "blake3", None, "info"),
+    Goal("get --hash blake3, whole command / disk copy + fsync", "cmd_get_blake3", "cmd_disk",
+         "info"),
+    Goal("pyftpdlib RETR, whole command (no fsync) / disk copy + fsync", "cmd_pyftpdlib_get",
+         "cmd_disk", "info"),
+    Goal("put md5 / pyftpdlib STOR, whole commands", "cmd_put", "cmd_pyftpdlib_put", "info"),
+    Goal("get md5 / pyftpdlib RETR, whole commands", "cmd_get", "cmd_pyftpdlib_get", "info"),
+    Goal("put --hash blake3 / pyftpdlib STOR, in process", "ours_put_blake3", "pyftpdlib_stor",
+         "info"),
+    Goal("get --hash blake3 / pyftpdlib RETR, in process", "ours_get_blake3", "pyftpdlib_retr",
+         "info"),
+    Goal("md5 get: whole command / in process", "cmd_get", "ours_get", "info"),
+    Goal("blake3 get: whole command / in process", "cmd_get_blake3", "ours_get_blake3", "info"),
+    Goal("pyftpdlib RETR: whole command / in process", "cmd_pyftpdlib_get", "pyftpdlib_retr",
+         "info"),
+    Goal("blake3 put: whole command / in process", "cmd_put_blake3", "ours_put_blake3", "info"),
+    Goal("pyftpdlib STOR: whole command / in process", "cmd_pyftpdlib_put", "pyftpdlib_stor",
+         "info"),
+]
+
+
+def _goal_table(results: dict[str, Result], names: dict[str, Any]) -> list[str]:
+    lines = ["", "| issue 14 target | value | min-max | goal | met |", "|---|---:|---:|---:|---|"]
+    for goal in GOALS:
+        if goal.top not in results or (goal.op == "info" and goal.bottom not in (None, "cpu")
+                                        and goal.bottom not in results):
+            continue
+        found = goal.values(results)
+        label = goal.label.format(**names)
+        if found is None:
+            lines.append(f"| {label} | - | - | {goal.op} {goal.target:g} | n/a |"
+                         if goal.op != "info" else f"| {label} | - | - | - | info |")
+            continue
+        value, low, high = found
+        shown = [f"{v:.0f}" if v >= 100 else f"{v:.2f}" for v in (value, low, high)]
+        if goal.op == "info":
+            lines.append(f"| {label} | {shown[0]} | {shown[1]}-{shown[2]} | - | info |")
+        else:
+            met = "yes" if value >= goal.target else "NO"
+            lines.append(f"| {label} | {shown[0]} | {shown[1]}-{shown[2]} | "
+                         f"{goal.op} {goal.target:g} | {met} |")
+    return lines if len(lines) > 3 else []
+
+
 def _big_rss(results: dict[str, Result]) -> None:
     """Fold the get's peaks into the put's, so the 5 GiB RSS targets cover both."""
     put, get = results.get("big_put"), results.get("big_get")
@@ -944,18 +1261,20 @@ def render(bench: Bench) -> str:
                      f"{fmt_rss(result.client_rss)} |")
     lines += _cpu_table(results)
     _big_rss(results)
-    lines += ["", "| target | value | goal | met |", "|---|---:|---:|---|"]
+    targets = ["", "| target | value | goal | met |", "|---|---:|---:|---|"]
     for ratio in RATIOS:
         if ratio.top not in results or (ratio.bottom and ratio.bottom not in results):
             continue
         value = ratio.value(results)
         shown = "-" if value is None else f"{value:.3f}" if value < 0.1 else f"{value:.2f}"
         if ratio.op == "info":
-            lines.append(f"| {ratio.label} | {shown} | - | info |")
+            targets.append(f"| {ratio.label} | {shown} | - | info |")
             continue
         met = "n/a" if value is None else (
             "yes" if (value >= ratio.target if ratio.op == ">=" else value < ratio.target) else "NO")
-        lines.append(f"| {ratio.label} | {shown} | {ratio.op} {ratio.target:g} | {met} |")
+        targets.append(f"| {ratio.label} | {shown} | {ratio.op} {ratio.target:g} | {met} |")
+    lines += targets if len(targets) > 3 else []
+    lines += _goal_table(results, bench.names)
     lines += [
         "",
         "RSS is the peak (VmHWM) during the samples, reset before each one; 'held' is VmRSS "
@@ -965,6 +1284,14 @@ def render(bench: Bench) -> str:
         "during the samples; 'bound' is the rate if every core did only that work. "
         "Rates are computed from the medians; all files sit in the page cache.",
     ]
+    if any(key.startswith("cmd_") for key in results):
+        lines.append(
+            "\n'command' rows time whole commands from start to exit (interpreter start-up, "
+            "connect and the final flush and rename included), each after a `sync`, the tools "
+            "taking turns within a round; their client CPU and RSS are the command process's "
+            "own. In the issue 14 table min-max is the lowest and highest ratio of one round's "
+            "pair where both sides are measured every round, else of each sample over the "
+            "reference's median (or the CPU bound).")
     return "\n".join(lines + trees)
 
 
@@ -1068,7 +1395,7 @@ def worker_ours(op: str, port: str, source: str, target: str, hash: str = "md5")
         seconds = time.perf_counter() - started
         cpu = my_cpu() - cpu_started
     return {"seconds": seconds, "digest": result.digest,
-            "hash": result.hash, "cpu": cpu}
+            "hash": result.hash, "asked": hash, "cpu": cpu}
 
 
 def _small_files(directory: str, count: int) -> list[Path]:
@@ -1078,8 +1405,10 @@ def _small_files(directory: str, count: int) -> list[Path]:
     return files
 
 
-def worker_threads(kind: str, port: str, directory: str, count: str, prefix: str) -> dict[str, Any]:
-    """``count`` clients at once, threads of this process: each a put and a get of its file."""
+def worker_threads(kind: str, port: str, directory: str, count: str, prefix: str,
+                   hash: str = "md5") -> dict[str, Any]:
+    """``count`` clients at once, threads of this process: each a put and a get of its file
+    (ours checking with ``hash``)."""
     files = _small_files(directory, int(count))
     out = Path(directory) / f"out_{prefix}"
     out.mkdir()
@@ -1092,9 +1421,11 @@ def worker_threads(kind: str, port: str, directory: str, count: str, prefix: str
             barrier.wait()
             if kind == "ours":
                 from ftpclient.client import Client
-                with Client(LOOPBACK, int(port), timeout=60) as client:
-                    client.put(local, remote)
-                    client.get(remote, out / remote)
+                with Client(LOOPBACK, int(port), timeout=60, hash=hash) as client:
+                    put = client.put(local, remote)
+                    get = client.get(remote, out / remote)
+                if put.hash != hash or get.hash != hash:
+                    raise RuntimeError(f"checked with {put.hash}/{get.hash}, not {hash}")
             else:
                 ftplib_transfer(int(port), local, remote, out / remote)
         except BaseException as error:
@@ -1216,6 +1547,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                             f"choose from {', '.join(GROUPS)}")
         if args.big and "big" not in args.groups:
             args.groups.append("big")
+        if {"blake3", "commands"} & set(args.groups) and "md5" not in args.groups:
+            args.groups.insert(0, "md5")   # the in-memory rates their targets are set against
     else:
         args.groups = [g for g in GROUPS if g != "big" or args.big]
     # SIGTERM unwinds like Ctrl-C, so the servers are stopped and the files removed.
