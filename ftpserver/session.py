@@ -189,8 +189,8 @@ class Upload:
         With ``sync``, the file is flushed to disk first (its new name reaches the
         disk with the file system's next journal commit; a power cut before that
         leaves the complete partial, which a rerun commits without resending);
-        without, the caller has flushed it and flushes the folder after
-        (:meth:`sync_folder`), as a group commit does.
+        without, the caller has flushed it and flushes the folder after, as a group
+        commit does (:mod:`ftpserver.commits`).
         Raises NotFound if its folder was moved or removed meanwhile (the partial
         stays, resumable at the folder's new place), QuotaExceeded if the file it
         was to replace went elsewhere and the account would end over its quota.
@@ -207,10 +207,6 @@ class Upload:
         if self.ledger:
             self.ledger.add(-replaced)
         return info
-
-    def sync_folder(self) -> None:
-        """Flush the folder holding the file to disk (its new name with it)."""
-        os.fsync(self.partial.dir_fd)
 
     def discard(self) -> None:
         """Remove the partial: the received bytes are of no use."""
