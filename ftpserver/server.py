@@ -29,7 +29,7 @@ from .storage import Storage
 from .transfer import FileHasher
 from .uploads import Claims, sweep_partials
 
-__all__ = ["FTPServer", "DigestCache", "Account"]
+__all__ = ["FTPServer", "DigestCache", "Account", "TLSAccepting"]
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,21 @@ def _tls_context(config: Config) -> ssl.SSLContext:
     return context
 
 
-class FTPServer(socketserver.ThreadingTCPServer):
+class TLSAccepting:
+    """For a socketserver server with a ``tls`` context (or None): every accepted
+    connection is wrapped in TLS, its handshake left to the connection's own thread."""
+
+    tls: ssl.SSLContext | None
+
+    def get_request(self) -> tuple[socket.socket, tuple]:
+        """Hook: wrap the connection in TLS when configured."""
+        request, address = super().get_request()  # type: ignore[misc]
+        if self.tls:
+            request = self.tls.wrap_socket(request, server_side=True, do_handshake_on_connect=False)
+        return request, address
+
+
+class FTPServer(TLSAccepting, socketserver.ThreadingTCPServer):
     """Serve the storage roots that ``config`` names."""
 
     daemon_threads = True
@@ -153,18 +167,11 @@ class FTPServer(socketserver.ThreadingTCPServer):
 
     # -- connections ----------------------------------------------------------
 
-    def get_request(self) -> tuple[socket.socket, tuple]:  # type: ignore[override]
-        """Hook: wrap the connection in TLS when configured (the handshake runs in its thread)."""
-        request, address = super().get_request()
-        if self.tls:
-            request = self.tls.wrap_socket(request, server_side=True, do_handshake_on_connect=False)
-        return request, address
-
     def process_request(self, request: socket.socket, client_address: tuple) -> None:  # type: ignore[override]
         """Hook: refuse a connection over ``max_connections`` or ``max_per_address`` with
         ``busy``; serve the others each in its own thread."""
         host = client_address[0]
-        refusal = self._admit(host)
+        refusal = self.admit(host)
         if refusal:
             # Answered from its own thread: a TLS handshake with a silent peer must not
             # hold up the accept loop.
@@ -176,11 +183,11 @@ class FTPServer(socketserver.ThreadingTCPServer):
         try:
             super().process_request(request, client_address)
         except Exception as error:  # no thread to be had (memory or thread limits)
-            self._release(host)
+            self.release(host)
             log.warning("%s: connection dropped, cannot start its thread: %s", host, error)
             self.shutdown_request(request)
 
-    def _admit(self, host: str) -> str | None:
+    def admit(self, host: str) -> str | None:
         """Count a new connection from ``host``; return why it is refused instead, or None."""
         with self._active_lock:
             if self._active.total() >= self.config.max_connections:
@@ -190,8 +197,8 @@ class FTPServer(socketserver.ThreadingTCPServer):
             self._active[host] += 1
         return None
 
-    def _release(self, host: str) -> None:
-        """Uncount a connection that :meth:`_admit` counted (served, or never started)."""
+    def release(self, host: str) -> None:
+        """Uncount a connection that :meth:`admit` counted (served, or never started)."""
         with self._active_lock:
             self._active[host] -= 1
             if not self._active[host]:
@@ -207,7 +214,7 @@ class FTPServer(socketserver.ThreadingTCPServer):
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self._release(client_address[0])
+            self.release(client_address[0])
 
     def serve_forever(self, poll_interval: float = 0.5) -> None:
         """Serve until :meth:`shutdown`, sweeping abandoned partial uploads meanwhile."""

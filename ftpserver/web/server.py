@@ -19,6 +19,7 @@ import threading
 from http.server import ThreadingHTTPServer
 from typing import TYPE_CHECKING
 
+from ..server import TLSAccepting
 from .auth import Logins
 from .handler import WebHandler
 
@@ -33,7 +34,7 @@ _REFUSAL = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; char
             b"Retry-After: 5\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%b")
 
 
-class WebServer(ThreadingHTTPServer):
+class WebServer(TLSAccepting, ThreadingHTTPServer):
     """Serve the roots of ``ftp`` over HTTP (HTTPS when it has TLS) on its host and
     ``config.http_port`` (or ``port``)."""
 
@@ -70,17 +71,10 @@ class WebServer(ThreadingHTTPServer):
 
     # -- connections ----------------------------------------------------------
 
-    def get_request(self) -> tuple[socket.socket, tuple]:  # type: ignore[override]
-        """Hook: wrap the connection in TLS when configured (the handshake runs in its thread)."""
-        request, address = super().get_request()
-        if self.tls:
-            request = self.tls.wrap_socket(request, server_side=True, do_handshake_on_connect=False)
-        return request, address
-
     def process_request(self, request: socket.socket, client_address: tuple) -> None:  # type: ignore[override]
         """Hook: count the connection with the native side's against ``max_connections`` and
         ``max_per_address``; over either, answer 503 and close."""
-        refusal = self.ftp._admit(client_address[0])
+        refusal = self.ftp.admit(client_address[0])
         if refusal:
             try:
                 threading.Thread(target=self._refuse, args=(request, refusal), daemon=True).start()
@@ -90,7 +84,7 @@ class WebServer(ThreadingHTTPServer):
         try:
             super().process_request(request, client_address)
         except Exception as error:  # no thread to be had
-            self.ftp._release(client_address[0])
+            self.ftp.release(client_address[0])
             log.warning("%s: web connection dropped, cannot start its thread: %s",
                         client_address[0], error)
             self.shutdown_request(request)
@@ -108,7 +102,7 @@ class WebServer(ThreadingHTTPServer):
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self.ftp._release(client_address[0])
+            self.ftp.release(client_address[0])
 
     def handle_error(self, request: object, client_address: tuple) -> None:
         """Hook: a peer gone mid-response is routine; anything else is logged with its traceback."""
