@@ -260,10 +260,16 @@ class FTPServer(TLSAccepting, socketserver.ThreadingTCPServer):
         return digest
 
     def sweep(self) -> int:
-        """Remove abandoned partial uploads under every root; return how many."""
+        """Remove abandoned partial uploads under every root, and the records of
+        abandoned tus uploads if the web side took any; return how many partials went."""
         roots = [self.anonymous_storage] if self.anonymous_storage else []
         roots += [account.storage for account in self.accounts.values()]
-        return sum(sweep_partials(storage, self.config.partial_ttl) for storage in roots)
+        removed = sum(sweep_partials(storage, self.config.partial_ttl) for storage in roots)
+        if self.http_port is not None:
+            from .web.tus import uploads_of  # only a server with a web side has tus records
+
+            uploads_of(self).sweep(force=True)
+        return removed
 
     def _sweep_loop(self) -> None:
         interval = min(self.sweep_interval, max(self.config.partial_ttl / 10, 1.0))
