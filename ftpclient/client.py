@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Callable, NamedTuple
 
 from ftpserver.errors import (ChecksumError, ConnectionLost, FTPError, IsADirectory, LocalError,
                               NotFound, ProtocolError, Unreachable)
-from ftpserver.protocol import (META_SUFFIX, PARTIAL_SUFFIX, CHUNK_SIZE, check_reply, encode_frame,
+from ftpserver.protocol import (META_SUFFIX, PARTIAL_SUFFIX, check_reply, encode_frame,
                                 int_field, read_frame, text_field)
 from ftpserver.digest import HASHES, HEX_LENGTH, Checkpoint, available, version_tag
 from ftpserver.transfer import (FileHasher, ReceivingDigest, Writeback, receive_body, receiving_digest,
@@ -78,15 +78,20 @@ class _Counter:
         if self.progress:
             self.progress(self.done, self.total)
 
+#: The most bytes of a body the client reads at once: large reads mean few system
+#: calls (the server's reads and writes are sized by its own config).
+READ_SIZE = 1024 * 1024
+
 
 class Client:
     """A connection to an ftpserver."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = DEFAULT_PORT, *,
-                 timeout: float | None = 60.0, buffer_size: int = CHUNK_SIZE,
+                 timeout: float | None = 60.0, buffer_size: int = READ_SIZE,
                  tls: ssl.SSLContext | None = None, hash: str = HASHES[0]) -> None:
-        """``hash`` checks every transfer: md5 (the default) or sha256, which is
-        faster on processors with SHA instructions."""
+        """``hash`` checks every transfer: md5 (the default), sha256 (faster on
+        processors with SHA instructions) or blake3 (fastest, if installed).
+        ``buffer_size`` is the most bytes of a body read from the socket at once."""
         if not available(hash):
             raise ValueError(f"unknown or uninstalled hash {hash!r}: use one of "
                              f"{', '.join(h for h in HASHES if available(h))}")

@@ -19,12 +19,15 @@ import struct
 from pathlib import Path
 from typing import Any, NamedTuple
 
-__all__ = ["Hash", "HASHES", "HEX_LENGTH", "Checkpoint", "available", "new_hash", "resumable",
+__all__ = ["Hash", "HASHES", "INLINE_HASHES", "HEX_LENGTH", "Checkpoint", "available", "new_hash", "resumable",
            "boot_id", "version_tag"]
 
 #: The hashes a transfer can be checked with; the first is the default.  blake3 is
 #: known to every version; it is usable where its package is installed (:func:`available`).
 HASHES = ("md5", "sha256", "blake3")
+#: Hashes so fast that bytes are hashed as they arrive, in the receiving thread:
+#: handing them to a helper thread would cost more than the hashing.
+INLINE_HASHES = frozenset({"blake3"})
 #: Room allocated for a context: more than the structs need, in case a build pads them.
 _ROOM = 256
 

@@ -22,7 +22,7 @@ import weakref
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Union
 
-from .digest import Checkpoint, Hash
+from .digest import INLINE_HASHES, Checkpoint, Hash
 from .errors import ConnectionLost
 from .protocol import HASH_BLOCK
 
@@ -329,14 +329,15 @@ def receiving_digest(path: str | Path, size: int, offset: int, start: Checkpoint
     The received bytes are hashed from the receive buffers (no second read of
     the file, which is what pays when both ends share few cores) when the state
     of the bytes held is known: from zero, or from a checkpoint at ``offset``;
-    a large body is hashed on a helper thread, overlapping the I/O.  Otherwise a
+    a large body is hashed on a helper thread, overlapping the I/O (unless its
+    hash outruns the I/O: :data:`~ftpserver.digest.INLINE_HASHES`).  Otherwise a
     :class:`FileHasher` reads the held prefix from disk, from ``start`` if that
     is earlier, and then follows the writer.
     """
     if offset == 0 or (start and start.offset == offset):
         digest = _hash_from(hash, start if offset else None, worth_saving(size))
         if digest.length == offset:
-            if size - offset > PASS_MIN:  # no buffer larger than the body
+            if size - offset > PASS_MIN and hash not in INLINE_HASHES:  # no buffer > body
                 return _PassingDigest(digest, min(max(buffer_size, PASS_BLOCK), size - offset))
             return _InlineDigest(digest, min(buffer_size, size - offset))
     return FileHasher(path, size, available=offset,
