@@ -515,8 +515,9 @@ class Client:
             with open(partial.path, "r+b", buffering=0) as file:
                 file.seek(offset)
                 counter = _Counter(progress, offset, size)
-                writeback = Writeback(file.fileno(), offset) if size - offset > Writeback.EVERY \
-                    else None
+                # Dropped from the cache once on disk, unless a hasher reads the file behind.
+                writeback = Writeback(file.fileno(), offset, drop=not isinstance(hasher, FileHasher)) \
+                    if size - offset > Writeback.EVERY else None
                 receive_body(self._reader, file, size - offset, self.buffer_size, hasher,
                              counter if writeback is None else _both(counter, writeback))
             trailer = self._end_of_body()

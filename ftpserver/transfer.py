@@ -436,6 +436,11 @@ class Writeback:
     """Starts writing a file's received bytes to disk every :attr:`EVERY` bytes, while
     more arrive, so the fsync that commits it has little left to wait for.
 
+    With ``drop``, each stretch is also dropped from the page cache once it is on
+    disk (a stretch behind the one being written, so there is rarely a wait): a
+    large download then leaves the machine's cache to what was there, and the
+    writer keeps reusing the same few pages instead of taking fresh ones.
+
     Called with the size of each write, as a progress callback.  Uses Linux's
     sync_file_range, which only starts the writing; elsewhere it does nothing.
     """
@@ -444,19 +449,34 @@ class Writeback:
     #: the disk busy while the network is.
     EVERY = 16 * 1024 * 1024
 
-    def __init__(self, fd: int, offset: int) -> None:
+    def __init__(self, fd: int, offset: int, drop: bool = False) -> None:
         self.fd, self.started, self.end = fd, offset, offset
         self._start = _sync_file_range()
+        self._drop = drop and hasattr(os, "posix_fadvise")
+        self._behind: tuple[int, int] | None = None   # the stretch written before the last
 
     def __call__(self, count: int) -> None:
         self.end += count
         if self._start and self.end - self.started >= self.EVERY:
             if self._start(self.fd, self.started, self.end - self.started, _SYNC_FILE_RANGE_WRITE):
                 self._start = None  # refused (say, a file system without it): stop asking
+                return
+            if self._drop:
+                self._drop_behind((self.started, self.end - self.started))
             self.started = self.end
+
+    def _drop_behind(self, stretch: tuple[int, int]) -> None:
+        """Wait for the stretch before the one just started, then drop it from the cache."""
+        if self._behind is not None and self._start is not None:
+            start, length = self._behind
+            if not self._start(self.fd, start, length, _SYNC_FILE_RANGE_WAIT):
+                os.posix_fadvise(self.fd, start, length, os.POSIX_FADV_DONTNEED)
+        self._behind = stretch
 
 
 _SYNC_FILE_RANGE_WRITE = 2
+#: Wait for the writing already started, start the rest, wait for that too.
+_SYNC_FILE_RANGE_WAIT = 1 | 2 | 4
 
 
 @functools.cache

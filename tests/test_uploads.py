@@ -1,13 +1,18 @@
-"""Writing a received file out to disk while more of it arrives."""
+"""Writing a received file out to disk while more of it arrives (and out of the cache)."""
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from ftpclient.client import Client
 from ftpserver.transfer import Writeback
+
+from helpers import md5_of, random_file
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="sync_file_range is Linux's")
@@ -35,3 +40,24 @@ def test_writeback_on_a_file_that_refuses_it_costs_the_upload_nothing() -> None:
     finally:
         os.close(read)
         os.close(write)
+
+
+
+def _cached_bytes(path: Path) -> int:
+    """How many bytes of ``path`` sit in the page cache (util-linux's fincore)."""
+    done = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES", str(path)],
+                          capture_output=True, text=True, check=True)
+    return int(done.stdout.split()[0])
+
+
+@pytest.mark.skipif(shutil.which("fincore") is None or not sys.platform.startswith("linux"),
+                    reason="needs Linux and util-linux's fincore")
+def test_a_large_download_leaves_the_page_cache_to_what_was_there(
+        client: Client, storage_root: Path, local: Path) -> None:
+    size = 6 * Writeback.EVERY + 12345
+    source = random_file(storage_root / "big.bin", size, seed=71)
+    client.get("big.bin", local / "big.bin")
+    # Each stretch left the cache once on disk; the last two (written just before the
+    # closing fsync) may stay.
+    assert _cached_bytes(local / "big.bin") <= 2 * Writeback.EVERY + 12345
+    assert md5_of(local / "big.bin") == md5_of(source)
