@@ -516,7 +516,8 @@ class Client:
                 file.seek(offset)
                 counter = _Counter(progress, offset, size)
                 # Dropped from the cache once on disk, unless a hasher reads the file behind.
-                writeback = Writeback(file.fileno(), offset, drop=not isinstance(hasher, FileHasher)) \
+                writeback = Writeback(file.fileno(), offset, size - offset,
+                                      drop=not isinstance(hasher, FileHasher)) \
                     if size - offset > Writeback.EVERY else None
                 receive_body(self._reader, file, size - offset, self.buffer_size, hasher,
                              counter if writeback is None else _both(counter, writeback))

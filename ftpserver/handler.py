@@ -341,7 +341,7 @@ class FTPHandler(BatchedCommands, socketserver.StreamRequestHandler):
                                       self.server.config.buffer_size, name)
             try:
                 file.seek(offset)
-                writeback = Writeback(file.fileno(), offset) if self.server.sync_uploads \
+                writeback = Writeback(file.fileno(), offset, size - offset) if self.server.sync_uploads \
                     and size - offset > Writeback.EVERY else None
                 receive_body(self.rfile, file, size - offset, self.server.config.buffer_size,
                              digest, writeback)

@@ -30,6 +30,26 @@ def test_writeback_starts_the_disk_every_so_many_bytes(tmp_path: Path) -> None:
     assert (tmp_path / "f.bin").stat().st_size == 2 * every
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fallocate is Linux's")
+def test_a_body_s_space_is_reserved_but_the_partial_shows_only_what_it_holds(
+        tmp_path: Path) -> None:
+    import ctypes
+
+    with open(tmp_path / "probe", "wb") as probe:
+        if ctypes.CDLL(None).fallocate(probe.fileno(), 1, ctypes.c_int64(0), ctypes.c_int64(4096)):
+            pytest.skip("this file system reserves no space ahead")
+    path, length = tmp_path / "f.bin", 3 * Writeback.EVERY
+    with open(path, "wb", buffering=0) as file:
+        file.write(b"y" * 1000)
+        writeback = Writeback(file.fileno(), 1000, length)
+        file.write(b"x" * 5000)
+        writeback(5000)
+        held = os.fstat(file.fileno())
+    assert held.st_size == 6000          # a resume still starts where the bytes end
+    assert held.st_blocks * 512 >= length
+    assert path.read_bytes() == b"y" * 1000 + b"x" * 5000
+
+
 def test_writeback_on_a_file_that_refuses_it_costs_the_upload_nothing() -> None:
     read, write = os.pipe()  # sync_file_range fails on a pipe
     try:
