@@ -5,7 +5,8 @@ While a file is hashed for an upload, its state every few MiB is appended to a
 small log in the user's cache folder (``$XDG_CACHE_HOME/ftpclient/uploads``, by
 default ``~/.cache/ftpclient/uploads``), named after the file's path and source
 tag.  The next run takes up the last checkpoint at or before the server's offset
-and hashes only from there.  The log goes once the upload is done; logs left by
+and hashes only from there.  For blake3 the log keeps digests of the bytes
+before each mark instead; the server names the mark it checks a resume at.  The log goes once the upload is done; logs left by
 abandoned uploads go after a week.  Losing the folder only costs a re-hash.
 """
 from __future__ import annotations
@@ -17,7 +18,7 @@ import os
 import time
 from pathlib import Path
 
-from ftpserver.digest import Checkpoint, resumable
+from ftpserver.digest import Checkpoint, checkpointed
 
 __all__ = ["CheckpointLog", "cache_folder"]
 
@@ -42,8 +43,8 @@ class CheckpointLog:
     @classmethod
     def for_upload(cls, local: Path, source: str, name: str = "md5") -> "CheckpointLog | None":
         """The log of hash ``name`` for uploading ``local`` as it is now; None where
-        states cannot be saved."""
-        if not resumable(name):
+        it leaves no checkpoints."""
+        if not checkpointed(name):
             return None
         key = hashlib.sha256(f"{os.path.abspath(local)}\0{source}\0{name}".encode()).hexdigest()[:32]
         return cls(cache_folder() / f"{key}.log", source)

@@ -57,7 +57,10 @@ class TransferResult(NamedTuple):
     offset: int        #: bytes already held before this transfer (resumed from)
     digest: str        #: hash of the whole file, checked on both ends
     skipped: bool = False  #: the other side already had an identical file
-    hash: str = "md5"  #: which hash: md5 or sha256
+    hash: str = "md5"  #: which hash: md5, sha256 or blake3
+    #: A resumed blake3 put checked in two parts: the bytes before this offset by the
+    #: digest kept from the attempt that was cut, the rest (``digest``) by hashing.
+    split: int = 0
 
     @property
     def sent(self) -> int:
@@ -354,45 +357,54 @@ class Client:
         if log and restart:
             log.discard()
         reply = self.request("put", filename=target, filesize=size, resume=True,
-                             source=source, restart=restart,
+                             source=source, restart=restart, split=True,
                              mtime_ns=os.fstat(file.fileno()).st_mtime_ns, **self._hash_field())
         self._mid_body = True  # the server now waits for the body: a failure ends the stream
         try:
             offset, name = int_field(reply, "offset", high=size), self._agreed_hash(reply)
+            split = int_field(reply, "split", 0, low=0, high=offset)
         except FTPError:
             self._abort()  # let the server go of the partial now, not at the next request
             raise
         log = log if name == self.hash else None
-        # Hash from the last checkpoint at or before the server's offset, not from zero.
-        hasher = FileHasher(file, size, start=log.best(offset) if log and offset else None,
-                            on_checkpoint=log.add if log else None, hash=name)
+        if split:  # the server checks the bytes before ``split`` by their digest, the rest whole
+            before = _mark_before(file, split, log, name)
+            hasher = FileHasher(file, size, hash=name, begin=split)
+        else:      # hash from the last checkpoint at or before the server's offset, not from zero
+            before = None
+            hasher = FileHasher(file, size, start=log.best(offset) if log and offset else None,
+                                on_checkpoint=log.add if log else None, hash=name)
         try:
             send_body(self._sock, file, offset, size - offset, _Counter(progress, offset, size))
         except OSError as error:
-            hasher.cancel()
+            _cancel(hasher, before)
             self._raise_server_error(error)
         except EOFError:
-            hasher.cancel()
+            _cancel(hasher, before)
             self._abort()
             raise LocalError(f"{path} changed during the upload; run the command again") from None
         except BaseException:
-            hasher.cancel()
+            _cancel(hasher, before)
             self._abort()
             raise
         try:
             digest = _hash_result(hasher, size, hashing)
+            trailer = {name: digest}
+            if before is not None:
+                trailer[f"{name}_before"] = _hash_result(before, split, hashing) \
+                    if isinstance(before, FileHasher) else before
         except (OSError, EOFError):
             self._abort()
             raise LocalError(f"{path} changed during the upload; run the command again") from None
         try:
-            self._write({name: digest})
+            self._write(trailer)
             final = self._end_of_body()  # a ChecksumError makes put() retry with restart
         except ConnectionLost as error:
             raise _resumable(error) from None
         if log:
             log.discard()
         return TransferResult(text_field(final, "filename"), path, size, offset,
-                              text_field(final, name), hash=name)
+                              text_field(final, name), hash=name, split=split)
 
     def _hash_field(self) -> dict[str, str]:
         """The request field asking for a hash other than md5 (none for md5, which
@@ -726,6 +738,23 @@ class PartialDownload:
 def _resumable(error: ConnectionLost) -> ConnectionLost:
     """A transfer's lost connection, with what to do next."""
     return ConnectionLost(f"{error}; run the same command again to resume")
+
+
+def _cancel(*hashers: object) -> None:
+    """Stop the hashers at work among ``hashers``."""
+    for hasher in hashers:
+        if isinstance(hasher, FileHasher):
+            hasher.cancel()
+
+
+def _mark_before(file: BinaryIO, split: int, log: CheckpointLog | None,
+                 name: str) -> str | FileHasher:
+    """The digest of the first ``split`` bytes of ``file``: kept in ``log`` when they
+    were hashed before, or a hasher at work on them."""
+    kept = log.best(split) if log else None
+    if kept is not None and kept.offset == split and kept.is_digest and kept.hash == name:
+        return kept.state
+    return FileHasher(file, split, hash=name)
 
 
 def _hash_result(hasher: FileHasher | ReceivingDigest, size: int,

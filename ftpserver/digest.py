@@ -9,6 +9,11 @@ Where they cannot be reached, :class:`Hash` works on hashlib alone and simply
 has no state to give: callers then re-hash.
 
 A state never crosses the wire; each end saves and restores its own.
+
+blake3's state cannot be had at all; instead a large file's blake3 keeps the
+digest of the bytes before each multiple of :data:`CHECKPOINT_EVERY` (a
+checkpoint whose ``state`` is a digest).  A resume then checks the file in two
+parts: the bytes before such a mark by that digest, the rest by hashing it.
 """
 from __future__ import annotations
 
@@ -19,8 +24,8 @@ import struct
 from pathlib import Path
 from typing import Any, NamedTuple
 
-__all__ = ["Hash", "HASHES", "INLINE_HASHES", "HEX_LENGTH", "Checkpoint", "available", "new_hash", "resumable",
-           "boot_id", "version_tag"]
+__all__ = ["Hash", "HASHES", "INLINE_HASHES", "HEX_LENGTH", "CHECKPOINT_EVERY", "Checkpoint",
+           "available", "new_hash", "resumable", "checkpointed", "boot_id", "version_tag"]
 
 #: The hashes a transfer can be checked with; the first is the default.  blake3 is
 #: known to every version; it is usable where its package is installed (:func:`available`).
@@ -28,6 +33,8 @@ HASHES = ("md5", "sha256", "blake3")
 #: Hashes so fast that bytes are hashed as they arrive, in the receiving thread:
 #: handing them to a helper thread would cost more than the hashing.
 INLINE_HASHES = frozenset({"blake3"})
+#: Bytes between two checkpoints of a large file's hash.
+CHECKPOINT_EVERY = 32 * 1024 * 1024
 #: Room allocated for a context: more than the structs need, in case a build pads them.
 _ROOM = 256
 
@@ -116,9 +123,15 @@ def new_hash(name: str) -> Any:
 
 
 def resumable(name: str = "md5") -> bool:
-    """Whether states of hash ``name`` can be saved here (never blake3's: a resume
-    hashes the bytes held again, at several GB/s)."""
+    """Whether states of hash ``name`` can be saved here (never blake3's: see
+    :func:`checkpointed`)."""
     return name in _LAYOUTS and _functions(name) is not None
+
+
+def checkpointed(name: str) -> bool:
+    """Whether a large file's hash ``name`` leaves checkpoints to resume by: saved
+    states (:func:`resumable`) or, for blake3, digests of the bytes before each mark."""
+    return resumable(name) or (name not in _LAYOUTS and available(name))
 
 
 def version_tag(st: os.stat_result) -> str:
@@ -140,14 +153,21 @@ def boot_id() -> str | None:
 
 
 class Checkpoint(NamedTuple):
-    """The state of a hash after the first ``offset`` bytes of a file."""
+    """The state of a hash after the first ``offset`` bytes of a file (for blake3,
+    whose state cannot be saved, the digest of those bytes: :attr:`is_digest`)."""
     offset: int
-    state: str  # hex of the saved context
+    state: str  # hex of the saved context, or the digest
     #: For bytes received: the version tag of the file they were saved with ...
     held: str | None = None
     #: ... and the boot they were written in, if they may not be on disk yet.
     boot: str | None = None
     hash: str = "md5"
+
+    @property
+    def is_digest(self) -> bool:
+        """Whether :attr:`state` is the digest of the bytes before :attr:`offset`,
+        which a resume checks them by, rather than a state to hash on from."""
+        return self.hash not in _LAYOUTS
 
     def to_json(self) -> dict[str, object]:
         return {key: value for key, value in self._asdict().items()
@@ -204,18 +224,23 @@ class Hash:
     point (:meth:`checkpoint`)."""
 
     def __init__(self, name: str = "md5", start: Checkpoint | None = None,
-                 savable: bool = True) -> None:
+                 savable: bool = True, begin: int = 0) -> None:
         """A new hash, or one taking up ``start``; raises ValueError for a state that
         does not fit, KeyError for an unknown hash.  With ``savable`` false (a small
-        file, quick to hash again), plain hashlib does the work and there is no state."""
+        file, quick to hash again), plain hashlib does the work and there is no state.
+        With ``begin``, it is the hash of a file's bytes from there on (:attr:`length`
+        counts from ``begin``), with no checkpoints."""
         self.name = name
-        self.length = 0
+        self.length = begin
         if name not in HASHES:
             raise KeyError(name)
         self._layout = _LAYOUTS.get(name)  # type: ignore[assignment]
         self._functions = _functions(name) if self._layout and (savable or start is not None) \
-            else None
+            and not begin else None
         self._hashlib = None
+        #: For a hash without states: mark each CHECKPOINT_EVERY bytes with their digest.
+        self._marking = self._layout is None and savable and not begin
+        self._mark: Checkpoint | None = None
         if self._functions is None:
             if start is not None:
                 raise ValueError(f"{name} states cannot be restored here")
@@ -246,6 +271,15 @@ class Hash:
     def update(self, data: bytes | bytearray | memoryview) -> None:
         """Hash ``data`` (the GIL is released meanwhile, as hashlib does for large data)."""
         data = memoryview(data).cast("B")
+        while self._marking and len(data) >= CHECKPOINT_EVERY - self.length % CHECKPOINT_EVERY:
+            room = CHECKPOINT_EVERY - self.length % CHECKPOINT_EVERY
+            self._update(data[:room])
+            data = data[room:]
+            self._mark = Checkpoint(self.length, self.hexdigest(), hash=self.name)
+        if data:
+            self._update(data)
+
+    def _update(self, data: memoryview) -> None:
         if self._hashlib is not None:
             self._hashlib.update(data)
         else:
@@ -266,7 +300,8 @@ class Hash:
         return out.raw[:self._layout.size].hex()
 
     def checkpoint(self) -> Checkpoint | None:
-        """The state so far, to take up later; None where states cannot be saved."""
+        """The state so far, to take up later; for blake3, the digest at the last
+        mark passed; None where there is neither."""
         if self._hashlib is not None:
-            return None
+            return self._mark
         return Checkpoint(self.length, self._ctx.raw[:self._layout.ctx.size].hex(), hash=self.name)

@@ -33,14 +33,16 @@ def hash_name(header: dict[str, Any]) -> str:
     return name
 
 
-def digest_field(header: dict[str, Any], name: str, required: bool = True) -> str | None:
-    """The hex digest of hash ``name`` in field ``name``, lowercased (None if absent
-    and not ``required``)."""
-    value = text_field(header, name) if required else text_field(header, name, None)
+def digest_field(header: dict[str, Any], name: str, required: bool = True,
+                 field: str | None = None) -> str | None:
+    """The hex digest of hash ``name`` in field ``field`` (by default ``name``),
+    lowercased (None if absent and not ``required``)."""
+    field = field or name
+    value = text_field(header, field) if required else text_field(header, field, None)
     if value is None:
         return None
     if len(value) != HEX_LENGTH[name] or not _HEX.fullmatch(value.lower()):
-        raise ProtocolError(f"field '{name}' must be {HEX_LENGTH[name]} hex digits")
+        raise ProtocolError(f"field '{field}' must be {HEX_LENGTH[name]} hex digits")
     return value.lower()
 
 

@@ -44,6 +44,16 @@ LS_BATCH = 100
 HANDSHAKE_TIMEOUT = 10.0
 
 
+def _split_mark(upload: Upload, algorithm: str) -> Checkpoint | None:
+    """The mark a resumed put of ``upload`` can be checked in two parts at: the digest
+    of the bytes before it, kept when an earlier attempt was cut (blake3); or None."""
+    mark = upload.checkpoint
+    if mark is None or not mark.is_digest or mark.hash != algorithm \
+            or not 0 < mark.offset <= upload.offset:
+        return None
+    return mark
+
+
 class _Deadline:
     """A socket's buffered reader whose reads all end by a deadline (TimeoutError after)."""
 
@@ -295,11 +305,13 @@ class FTPHandler(BatchedCommands, socketserver.StreamRequestHandler):
         with self.session.upload(name, size, source if resumable else None, restart,
                                  self.connection) as upload:
             vpath, offset = upload.vpath, upload.offset
+            split = _split_mark(upload, algorithm) if bool_field(header, "split") else None
             if resumable:
-                self.send(ok_reply(filename=vpath, offset=offset, hash=algorithm))
+                self.send(ok_reply(filename=vpath, offset=offset, hash=algorithm,
+                                   **({"split": split.offset} if split else {})))
                 self.mid_body = True
             try:
-                digest, reached = self._receive(upload, algorithm, resumable)
+                digest, reached = self._receive(upload, algorithm, resumable, split)
             except BaseException:
                 if not resumable:
                     upload.discard()  # a one-shot put has no source tag to resume by
@@ -307,10 +319,18 @@ class FTPHandler(BatchedCommands, socketserver.StreamRequestHandler):
             self.mid_body = False
             if resumable:
                 try:
-                    declared = digest_field(check_trailer(read_frame(self.rfile)), algorithm)
+                    trailer = check_trailer(read_frame(self.rfile))
                 except ConnectionLost:  # cut before the trailer: all is held, keep its state
                     upload.save_checkpoint(reached)
                     raise
+                declared = digest_field(trailer, algorithm)
+                if split:
+                    before = digest_field(trailer, algorithm, field=f"{algorithm}_before")
+                    if before != split.state:
+                        upload.discard()
+                        raise ChecksumError(
+                            f"checksum mismatch for {vpath}: the {split.offset} bytes held hash "
+                            f"to {algorithm} {split.state}, the client's are {before}")
             if declared is not None and digest != declared:
                 upload.discard()
                 raise ChecksumError(f"checksum mismatch for {vpath}: received {algorithm} {digest}, "
@@ -324,33 +344,41 @@ class FTPHandler(BatchedCommands, socketserver.StreamRequestHandler):
             except QuotaExceeded:  # it can never fit: keep nothing
                 upload.discard()
                 raise
-            self.server.digests.put(info, digest, algorithm)  # the first get needs no re-hash
+            if not split:  # the first get needs no re-hash
+                self.server.digests.put(info, digest, algorithm)
         self.subject, self.moved = vpath, size - offset
-        return ok_reply(filename=vpath, filesize=size, **{algorithm: digest})
+        return ok_reply(filename=vpath, filesize=size, **{algorithm: digest},
+                        **({"split": split.offset} if split else {}))
 
-    def _receive(self, upload: Upload, name: str, resumable: bool) -> tuple[str, Checkpoint | None]:
+    def _receive(self, upload: Upload, name: str, resumable: bool,
+                 split: Checkpoint | None = None) -> tuple[str, Checkpoint | None]:
         """Append the body to the partial; return the hash ``name`` of the whole file
-        and its state (None where it cannot be saved).
+        (with ``split``, of the bytes after its mark) and its state (None where it
+        cannot be saved).
 
         If the body is cut, a resumable partial keeps the state of the hash of the
-        bytes it holds, so the next attempt need not hash them again.
+        bytes it holds (or the mark it was split at), so the next attempt need not
+        hash them again.
         """
         size, offset = upload.size, upload.offset
         with upload.file() as file:
             digest = receiving_digest(file, size, offset, upload.checkpoint,
-                                      self.server.config.buffer_size, name)
+                                      self.server.config.buffer_size, name,
+                                      begin=split.offset if split else 0)
             try:
                 file.seek(offset)
-                writeback = Writeback(file.fileno(), offset, size - offset) if self.server.sync_uploads \
-                    and size - offset > Writeback.EVERY else None
+                # Out of the cache once on disk, unless a hasher reads the file behind.
+                writeback = Writeback(file.fileno(), offset, size - offset,
+                                      drop=not isinstance(digest, FileHasher)) \
+                    if self.server.sync_uploads and size - offset > Writeback.EVERY else None
                 receive_body(self.rfile, file, size - offset, self.server.config.buffer_size,
                              digest, writeback)
             except BaseException:
                 digest.cancel()
                 if resumable:
-                    upload.save_checkpoint(digest.checkpoint())
+                    upload.save_checkpoint(split or digest.checkpoint())
                 raise
-            return digest.result(), digest.checkpoint()
+            return digest.result(), split or digest.checkpoint()
 
     def do_login(self, header: dict[str, Any]) -> dict[str, Any]:
         """One step of a SCRAM-SHA-256 login: client-first, then client-final."""

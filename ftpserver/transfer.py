@@ -22,7 +22,7 @@ import weakref
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Union
 
-from .digest import INLINE_HASHES, Checkpoint, Hash
+from .digest import CHECKPOINT_EVERY, INLINE_HASHES, Checkpoint, Hash
 from .errors import ConnectionLost
 from .protocol import HASH_BLOCK
 
@@ -31,8 +31,6 @@ __all__ = ["Writeback", "sync_all", "FileHasher", "ReceivingDigest", "receiving_
 
 #: Called with the number of bytes just moved.
 Progress = Callable[[int], None]
-#: Bytes between the checkpoints a FileHasher reports (a resume re-hashes at most this much).
-CHECKPOINT_EVERY = 32 * 1024 * 1024
 #: Bytes per buffer handed to the hashing thread while receiving a large body.
 PASS_BLOCK = 256 * 1024
 #: Bodies up to this size are hashed in the receiving thread: a helper would cost more.
@@ -89,8 +87,11 @@ class BufferBudget:
 BUFFERS = BufferBudget(128 * 1024 * 1024)
 
 
-def _hash_from(name: str, start: Checkpoint | None, savable: bool) -> Hash:
-    """A hash taking up ``start``, or a new one if there is none or it does not fit."""
+def _hash_from(name: str, start: Checkpoint | None, savable: bool, begin: int = 0) -> Hash:
+    """A hash taking up ``start``, or a new one if there is none or it does not fit
+    (from ``begin`` on, if given: see :class:`Hash`)."""
+    if begin:
+        return Hash(name, savable=False, begin=begin)
     if start is not None:
         try:
             return Hash(name, start)
@@ -119,10 +120,10 @@ class FileHasher:
     def __init__(self, source: str | Path | BinaryIO, size: int,
                  available: int | None = None, start: Checkpoint | None = None,
                  on_checkpoint: Callable[[Checkpoint], None] | None = None,
-                 hash: str = "md5", savable: bool = False) -> None:
+                 hash: str = "md5", savable: bool = False, begin: int = 0) -> None:
         self.size = size
         self._digest = _hash_from(hash, start if start and start.offset <= size else None,
-                                  savable=on_checkpoint is not None or savable)
+                                  savable=on_checkpoint is not None or savable, begin=begin)
         self._on_checkpoint = on_checkpoint
         self._receive_buffer: memoryview | None = None
         self._available = size if available is None else available
@@ -323,8 +324,10 @@ ReceivingDigest = Union[FileHasher, _InlineDigest, _PassingDigest]
 
 
 def receiving_digest(path: str | Path, size: int, offset: int, start: Checkpoint | None = None,
-                     buffer_size: int = HASH_BLOCK, hash: str = "md5") -> ReceivingDigest:
-    """The hash (md5 unless ``hash`` says) of a file received into ``path`` from ``offset`` on.
+                     buffer_size: int = HASH_BLOCK, hash: str = "md5",
+                     begin: int = 0) -> ReceivingDigest:
+    """The hash (md5 unless ``hash`` says) of a file received into ``path`` from ``offset`` on
+    (of its bytes from ``begin`` on, if given: a resume checked in two parts).
 
     The received bytes are hashed from the receive buffers (no second read of
     the file, which is what pays when both ends share few cores) when the state
@@ -334,6 +337,10 @@ def receiving_digest(path: str | Path, size: int, offset: int, start: Checkpoint
     :class:`FileHasher` reads the held prefix from disk, from ``start`` if that
     is earlier, and then follows the writer.
     """
+    if begin:
+        if begin == offset:
+            return _InlineDigest(_hash_from(hash, None, False, begin), min(buffer_size, size - offset))
+        return FileHasher(path, size, available=offset, hash=hash, begin=begin)
     if offset == 0 or (start and start.offset == offset):
         digest = _hash_from(hash, start if offset else None, worth_saving(size))
         if digest.length == offset:
@@ -438,8 +445,10 @@ class Writeback:
 
     With ``drop``, each stretch is also dropped from the page cache once it is on
     disk (a stretch behind the one being written, so there is rarely a wait): a
-    large download then leaves the machine's cache to what was there, and the
-    writer keeps reusing the same few pages instead of taking fresh ones.
+    large transfer then leaves the machine's cache to what was there, and the
+    writer keeps reusing the same few pages instead of taking fresh ones (which
+    in a virtual machine handing free memory back to its host costs more than
+    the copy itself).
 
     The whole body's space is allocated up front (fallocate): the file system
     then has less to do per write, and the file lies in few extents.

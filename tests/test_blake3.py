@@ -2,13 +2,15 @@
 bad trailers, the one-shot put and stat."""
 from __future__ import annotations
 
+import random
+import shutil
 import socket
 from pathlib import Path
 
 import pytest
 
 from ftpclient.client import Client
-from ftpserver.digest import available, new_hash
+from ftpserver.digest import CHECKPOINT_EVERY, available, new_hash
 from ftpserver.errors import ConnectionLost
 
 from helpers import LOOPBACK, CuttingProxy, ask, md5_of, random_file, raw_frame, recv_frame, run_cli
@@ -17,6 +19,10 @@ from test_resume import wait_released
 pytestmark = pytest.mark.skipif(not available("blake3"), reason="blake3 is not installed")
 
 MiB = 1024 * 1024
+
+
+def random_bytes(size: int, seed: int) -> bytes:
+    return random.Random(seed).randbytes(size)
 
 
 def blake3_of(data: bytes) -> str:
@@ -69,6 +75,70 @@ def test_a_cut_blake3_put_resumes_with_only_the_rest(server, port: int, storage_
             result = again.put(source, "r.bin")
     assert result.offset > 0 and proxy.up < size - result.offset + 64 * 1024
     assert md5_of(storage_root / "r.bin") == md5_of(source)
+
+
+EVERY = CHECKPOINT_EVERY
+BIG = 2 * EVERY + 12345       # marks at 1 and 2 x EVERY
+
+
+@pytest.mark.parametrize("keep_cache", [True, False])
+def test_a_large_cut_blake3_put_resumes_checked_in_two_parts(
+        server, port: int, storage_root: Path, local: Path, cache_home: Path,
+        keep_cache: bool) -> None:
+    """Neither end hashes the bytes held again: the server kept the digest of those
+    before its last mark, the client finds the same in its cache (or, without it,
+    hashes only them)."""
+    source = random_file(local / "big.bin", BIG, seed=67)
+    with CuttingProxy(port, cut_after_up=EVERY + EVERY // 2) as proxy:
+        with Client(LOOPBACK, proxy.port, timeout=30, hash="blake3") as cut:
+            with pytest.raises(ConnectionLost):
+                cut.put(source, "big.bin")
+    wait_released(server, "big.bin")
+    if not keep_cache:
+        shutil.rmtree(cache_home)
+    with CuttingProxy(port) as proxy:
+        with Client(LOOPBACK, proxy.port, timeout=30, hash="blake3") as again:
+            result = again.put(source, "big.bin")
+    assert result.split == EVERY <= result.offset
+    assert proxy.up < BIG - result.offset + 64 * 1024
+    data = source.read_bytes()
+    assert result.digest == blake3_of(data[EVERY:])
+    assert (storage_root / "big.bin").read_bytes() == data
+    with Client(LOOPBACK, port, timeout=30, hash="blake3") as check:  # and stat hashes it whole
+        assert check.stat("big.bin", hash="blake3")["blake3"] == blake3_of(data)
+
+
+def _cut_raw_put(server, port: int, data: bytes, held: int) -> dict:
+    """A resumable blake3 put of ``data`` whose connection ends after ``held`` bytes."""
+    header = {"cmd": "put", "filename": "raw.bin", "filesize": len(data), "resume": True,
+              "source": "s", "hash": "blake3", "split": True}
+    with socket.create_connection((LOOPBACK, port), timeout=10) as sock:
+        reply = ask(sock, header)
+        sock.sendall(data[reply["offset"]:held])
+    wait_released(server, "raw.bin")
+    return header
+
+
+def test_a_resume_split_is_checked_and_older_clients_get_the_whole_check(
+        server, port: int, storage_root: Path) -> None:
+    data = random_bytes(BIG, seed=68)
+    header = _cut_raw_put(server, port, data, EVERY + 1000)
+    with socket.create_connection((LOOPBACK, port), timeout=10) as sock:
+        reply = ask(sock, header)
+        assert (reply["offset"], reply["split"]) == (EVERY + 1000, EVERY)
+        sock.sendall(data[reply["offset"]:] + raw_frame(
+            {"blake3": blake3_of(data[EVERY:]), "blake3_before": blake3_of(b"x" + data[1:EVERY])}))
+        assert recv_frame(sock)["error"] == "checksum"         # a wrong "before" is refused
+        assert not (storage_root / "raw.bin").exists()
+        assert ask(sock, header)["offset"] == 0                # and the partial is gone
+    old = {key: value for key, value in header.items() if key != "split"}
+    _cut_raw_put(server, port, data, EVERY + 1000)
+    with socket.create_connection((LOOPBACK, port), timeout=10) as sock:
+        reply = ask(sock, old)                                 # a client that cannot split
+        assert reply["offset"] == EVERY + 1000 and "split" not in reply
+        sock.sendall(data[reply["offset"]:] + raw_frame({"blake3": blake3_of(data)}))
+        assert recv_frame(sock)["ok"]
+    assert (storage_root / "raw.bin").read_bytes() == data
 
 
 @pytest.mark.parametrize("at", [0.1, 0.5, 0.95])

@@ -266,7 +266,7 @@ class TusUploads:
         received = 0
         with upload.file() as file:
             file.seek(offset)
-            writeback = Writeback(file.fileno(), offset, count) \
+            writeback = Writeback(file.fileno(), offset, count, drop=True) \
                 if self.sync and count > Writeback.EVERY else None
             while received < count:
                 try:
