@@ -6,8 +6,9 @@ small log in the user's cache folder (``$XDG_CACHE_HOME/ftpclient/uploads``, by
 default ``~/.cache/ftpclient/uploads``), named after the file's path and source
 tag.  The next run takes up the last checkpoint at or before the server's offset
 and hashes only from there.  For blake3 the log keeps digests of the bytes
-before each mark instead; the server names the mark it checks a resume at.  The log goes once the upload is done; logs left by
-abandoned uploads go after a week.  Losing the folder only costs a re-hash.
+before each mark instead; the server names the mark it checks a resume at.
+The log goes once the upload is done; logs left by abandoned uploads go after
+a week.  Losing the folder only costs a re-hash.
 """
 from __future__ import annotations
 

@@ -339,7 +339,8 @@ def receiving_digest(path: str | Path, size: int, offset: int, start: Checkpoint
     """
     if begin:
         if begin == offset:
-            return _InlineDigest(_hash_from(hash, None, False, begin), min(buffer_size, size - offset))
+            digest = _hash_from(hash, None, False, begin)
+            return _InlineDigest(digest, min(buffer_size, size - offset))
         return FileHasher(path, size, available=offset, hash=hash, begin=begin)
     if offset == 0 or (start and start.offset == offset):
         digest = _hash_from(hash, start if offset else None, worth_saving(size))
@@ -499,8 +500,9 @@ _SYNC_FILE_RANGE_WAIT = 1 | 2 | 4
 
 
 @functools.cache
-def _libc_function(name: str) -> Callable[[int, int, int, int], int] | None:
-    """libc's ``name`` (fd, int, offset, length) -> int on Linux, or None where there is none."""
+def _libc_function(name: str, *argtypes: str) -> Callable[..., int] | None:
+    """libc's ``name`` taking arguments of these ctypes types ("int" for c_int, ...) and
+    returning an int, on Linux; None where there is none."""
     if not sys.platform.startswith("linux"):
         return None
     try:
@@ -509,20 +511,19 @@ def _libc_function(name: str) -> Callable[[int, int, int, int], int] | None:
         function = getattr(ctypes.CDLL(None, use_errno=True), name)
     except (ImportError, OSError, AttributeError):
         return None
-    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint] \
-        if name == "sync_file_range" else [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    function.argtypes = [getattr(ctypes, f"c_{kind}") for kind in argtypes]
     function.restype = ctypes.c_int
     return function
 
 
 def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
     """sync_file_range(fd, offset, length, flags), or None."""
-    return _libc_function("sync_file_range")
+    return _libc_function("sync_file_range", "int", "int64", "int64", "uint")
 
 
 def _fallocate() -> Callable[[int, int, int, int], int] | None:
     """fallocate(fd, mode, offset, length), or None."""
-    return _libc_function("fallocate")
+    return _libc_function("fallocate", "int", "int", "int64", "int64")
 
 
 #: Threads issuing fsyncs at once (for all connections).
