@@ -365,14 +365,15 @@ def _log_path(tmp: Path, name: str) -> Path:
     return tmp / f"{name}_server_{count + 1}.log"
 
 
-def start_ours(tmp: Path) -> Server:
+def start_ours(tmp: Path, buffer_size: int | None = None) -> Server:
     root = tmp / "ours_root"
     root.mkdir(exist_ok=True)
     config = tmp / "ours_config.yaml"
     # JSON is YAML: every other key keeps the product's default.
     # Hundreds of benchmark clients come from one address: lift the per-address limit.
     config.write_text(f"root: {json.dumps(str(root))}\nanonymous: true\nmax_per_address: 1024\n"
-                      f"max_connections: 1024\n")
+                      f"max_connections: 1024\n"
+                      + (f"buffer_size: {buffer_size}\n" if buffer_size else ""))
     command = [sys.executable, "-m", "ftpserver", "--config", str(config),
                "--host", LOOPBACK, "--port", "0"]
     return _start("ftpserver", command, root, _log_path(tmp, "ours"),
@@ -521,8 +522,8 @@ class Bench:
 
     def server(self, name: str) -> Server:
         if name not in self.servers:
-            start = start_ours if name == "ours" else start_pyftpdlib
-            self.servers[name] = start(self.tmp)
+            self.servers[name] = start_ours(self.tmp, self.args.buffer_size) if name == "ours" \
+                else start_pyftpdlib(self.tmp)
         server = self.servers[name]
         if not server.alive():
             raise RuntimeError(f"the {name} server died: {server.log.read_text()[-800:]}")
@@ -1274,7 +1275,8 @@ def render(bench: Bench) -> str:
         return "\n".join([machine] + trees)
     lines = [
         f"{machine}; main file {human_size(bench.size)}, {args.runs} runs, loopback; "
-        "MB = 10^6 bytes",
+        + (f"our server's buffer_size {human_size(args.buffer_size)}; " if args.buffer_size else "")
+        + "MB = 10^6 bytes",
         "",
         "| measure | median | min-max | unit | server RSS | client RSS |",
         "|---|---:|---:|---|---:|---:|",
@@ -1558,6 +1560,8 @@ def _parser() -> argparse.ArgumentParser:
                         help=f"run only these groups: {', '.join(GROUPS)}")
     parser.add_argument("--big", action="store_true",
                         help=f"also a {human_size(BIG_SIZE)} put and get (peak RSS)")
+    parser.add_argument("--buffer-size", type=parse_size, metavar="SIZE",
+                        help="our server's buffer_size (default: the product's, 64 KiB)")
     return parser
 
 
