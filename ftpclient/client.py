@@ -531,8 +531,13 @@ class Client:
                 writeback = Writeback(file.fileno(), offset, size - offset,
                                       drop=not isinstance(hasher, FileHasher)) \
                     if size - offset > Writeback.EVERY else None
-                receive_body(self._reader, file, size - offset, self.buffer_size, hasher,
-                             counter if writeback is None else _both(counter, writeback))
+                try:
+                    receive_body(self._reader, file, size - offset, self.buffer_size, hasher,
+                                 counter if writeback is None else _both(counter, writeback))
+                except BaseException:
+                    if writeback:
+                        writeback.release()  # the partial keeps on disk only what it holds
+                    raise
             trailer = self._end_of_body()
         except BaseException as error:
             hasher.cancel()

@@ -365,6 +365,7 @@ class FTPHandler(BatchedCommands, socketserver.StreamRequestHandler):
             digest = receiving_digest(file, size, offset, upload.checkpoint,
                                       self.server.config.buffer_size, name,
                                       begin=split.offset if split else 0)
+            writeback = None
             try:
                 file.seek(offset)
                 # Out of the cache once on disk, unless a hasher reads the file behind.
@@ -375,6 +376,8 @@ class FTPHandler(BatchedCommands, socketserver.StreamRequestHandler):
                              digest, writeback)
             except BaseException:
                 digest.cancel()
+                if writeback:
+                    writeback.release()  # before the checkpoint, which ties to the file as it is
                 if resumable:
                     upload.save_checkpoint(split or digest.checkpoint())
                 raise

@@ -12,6 +12,7 @@ transfer makes do with a small buffer rather than wait for memory.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import queue
@@ -469,8 +470,10 @@ class Writeback:
         self.fd, self.started, self.end = fd, offset, offset
         self._start = _sync_file_range()
         reserve = _fallocate()
-        if reserve and length > 0:
-            reserve(fd, _FALLOC_FL_KEEP_SIZE, offset, length)  # refused: written as it comes
+        # Refused (no room, or no such call here): the space is taken as bytes come.
+        reserved = bool(reserve and length > 0
+                        and not reserve(fd, _FALLOC_FL_KEEP_SIZE, offset, length))
+        self._reserved_end = offset + length if reserved else 0
         self._drop = drop and hasattr(os, "posix_fadvise")
         self._behind: tuple[int, int] | None = None   # the stretch written before the last
 
@@ -483,6 +486,14 @@ class Writeback:
             if self._drop:
                 self._drop_behind((self.started, self.end - self.started))
             self.started = self.end
+
+    def release(self) -> None:
+        """Give back the space reserved past the bytes written (the body was cut short),
+        so a partial takes on disk only what it holds."""
+        if self._reserved_end:
+            self._reserved_end = 0
+            with contextlib.suppress(OSError):  # truncating to its own size frees the rest
+                os.ftruncate(self.fd, os.fstat(self.fd).st_size)
 
     def _drop_behind(self, stretch: tuple[int, int]) -> None:
         """Wait for the stretch before the one just started, then drop it from the cache."""

@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from ftpclient.client import Client
+from ftpserver.errors import ConnectionLost
 from ftpserver.transfer import Writeback
 
-from helpers import md5_of, random_file
+from helpers import LOOPBACK, CuttingProxy, md5_of, random_file
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="sync_file_range is Linux's")
@@ -81,3 +82,39 @@ def test_a_large_download_leaves_the_page_cache_to_what_was_there(
     # closing fsync) may stay.
     assert _cached_bytes(local / "big.bin") <= 2 * Writeback.EVERY + 12345
     assert md5_of(local / "big.bin") == md5_of(source)
+
+
+def test_a_cut_download_gives_back_the_space_it_reserved(port: int, storage_root: Path,
+                                                         local: Path) -> None:
+    size = 6 * Writeback.EVERY
+    random_file(storage_root / "big.bin", size, seed=72)
+    with CuttingProxy(port, cut_after_down=2 * Writeback.EVERY) as proxy:
+        with Client(LOOPBACK, proxy.port, timeout=30) as cut:
+            with pytest.raises(ConnectionLost):
+                cut.get("big.bin", local / "big.bin")
+    partial = next(local.glob("*.ftp-partial"))
+    held = partial.stat()
+    assert 0 < held.st_size < size
+    assert held.st_blocks * 512 < held.st_size + Writeback.EVERY  # not the whole file's room
+    with Client(LOOPBACK, port, timeout=30) as again:                # and the rest resumes
+        assert again.get("big.bin", local / "big.bin").offset == held.st_size
+    assert md5_of(local / "big.bin") == md5_of(storage_root / "big.bin")
+
+
+def test_a_cut_upload_gives_back_the_space_it_reserved(server, port: int, storage_root: Path,
+                                                       local: Path) -> None:
+    from test_resume import wait_released
+
+    size = 6 * Writeback.EVERY
+    source = random_file(local / "up.bin", size, seed=73)
+    with CuttingProxy(port, cut_after_up=2 * Writeback.EVERY) as proxy:
+        with Client(LOOPBACK, proxy.port, timeout=30) as cut:
+            with pytest.raises(ConnectionLost):
+                cut.put(source, "up.bin")
+    wait_released(server, "up.bin")
+    held = (storage_root / ".up.bin.ftp-partial").stat()
+    assert 0 < held.st_size < size
+    assert held.st_blocks * 512 < held.st_size + Writeback.EVERY
+    with Client(LOOPBACK, port, timeout=30) as again:
+        assert again.put(source, "up.bin").offset == held.st_size
+    assert md5_of(storage_root / "up.bin") == md5_of(source)

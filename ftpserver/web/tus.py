@@ -268,23 +268,28 @@ class TusUploads:
             file.seek(offset)
             writeback = Writeback(file.fileno(), offset, count, drop=True) \
                 if self.sync and count > Writeback.EVERY else None
-            while received < count:
-                try:
-                    data = read(min(self.buffer_size, count - received))
-                except (OSError, ValueError) as error:
-                    raise ConnectionLost(f"the body was cut after {received} of {count} "
-                                         f"bytes: {error}") from None
-                if not data:
-                    raise ConnectionLost(f"the body was cut after {received} of {count} bytes")
-                view = memoryview(data)
-                while view:
-                    written = file.write(view)
-                    view = view[written:]
-                if hasher is not None:
-                    hasher.update(data)
-                received += len(data)
+            try:
+                while received < count:
+                    try:
+                        data = read(min(self.buffer_size, count - received))
+                    except (OSError, ValueError) as error:
+                        raise ConnectionLost(f"the body was cut after {received} of {count} "
+                                             f"bytes: {error}") from None
+                    if not data:
+                        raise ConnectionLost(f"the body was cut after {received} of {count} bytes")
+                    view = memoryview(data)
+                    while view:
+                        written = file.write(view)
+                        view = view[written:]
+                    if hasher is not None:
+                        hasher.update(data)
+                    received += len(data)
+                    if writeback:
+                        writeback(len(data))
+            except BaseException:
                 if writeback:
-                    writeback(len(data))
+                    writeback.release()  # the partial keeps on disk only what it holds
+                raise
         return received
 
     def _commit(self, upload: Upload) -> None:
