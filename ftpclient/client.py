@@ -55,11 +55,12 @@ class TransferResult(NamedTuple):
     local: Path        #: the local file
     size: int          #: the file's size
     offset: int        #: bytes already held before this transfer (resumed from)
-    digest: str        #: hash of the whole file, checked on both ends
+    digest: str        #: hash of the whole file, checked on both ends (see ``split``)
     skipped: bool = False  #: the other side already had an identical file
     hash: str = "md5"  #: which hash: md5, sha256 or blake3
     #: A resumed blake3 put checked in two parts: the bytes before this offset by the
-    #: digest kept from the attempt that was cut, the rest (``digest``) by hashing.
+    #: digest kept from the attempt that was cut, the rest by hashing; ``digest`` is
+    #: then the hash of the bytes from here on, not of the whole file.
     split: int = 0
 
     @property
@@ -543,7 +544,8 @@ class Client:
             hasher.cancel()
             self._abort()
             self._in_flight = 0
-            partial.save_checkpoint(hasher.checkpoint())
+            reached = hasher.checkpoint()  # a blake3 mark is of no use to a get's resume
+            partial.save_checkpoint(None if reached and reached.is_digest else reached)
             if isinstance(error, OSError):
                 raise LocalError(f"cannot write {partial.path}: {error.strerror}") from None
             if isinstance(error, ConnectionLost):

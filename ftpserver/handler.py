@@ -302,10 +302,11 @@ class FTPHandler(BatchedCommands, socketserver.StreamRequestHandler):
         source = source_field(header)
         restart = bool_field(header, "restart")
         mtime_ns = int_field(header, "mtime_ns", None)
+        splits = bool_field(header, "split")  # the client can check a resume in two parts
         with self.session.upload(name, size, source if resumable else None, restart,
                                  self.connection) as upload:
             vpath, offset = upload.vpath, upload.offset
-            split = _split_mark(upload, algorithm) if bool_field(header, "split") else None
+            split = _split_mark(upload, algorithm) if splits and resumable else None
             if resumable:
                 self.send(ok_reply(filename=vpath, offset=offset, hash=algorithm,
                                    **({"split": split.offset} if split else {})))

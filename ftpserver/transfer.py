@@ -452,8 +452,8 @@ class Writeback:
     in a virtual machine handing free memory back to its host costs more than
     the copy itself).
 
-    The whole body's space is allocated up front (fallocate): the file system
-    then has less to do per write, and the file lies in few extents.
+    The body's space is allocated a few stretches ahead of the writer (fallocate):
+    the file system then has less to do per write, and the file lies in few extents.
 
     Called with the size of each write, as a progress callback.  Uses Linux's
     sync_file_range, which only starts the writing; elsewhere it does nothing.
@@ -463,22 +463,27 @@ class Writeback:
     #: the disk busy while the network is.
     EVERY = 16 * 1024 * 1024
 
+    #: Disk space reserved ahead of the bytes written, once bytes come (so a sender
+    #: that stalls holds little).
+    AHEAD = 2 * EVERY
+
     def __init__(self, fd: int, offset: int, length: int = 0, drop: bool = False) -> None:
         """Follow writes from ``offset`` on; ``length`` bytes are expected, whose disk
-        space is reserved at once where the file system can (the file's size does not
-        change: a partial still shows what it holds)."""
+        space is reserved a little ahead of the writer where the file system can (the
+        file's size does not change: a partial still shows what it holds)."""
         self.fd, self.started, self.end = fd, offset, offset
         self._start = _sync_file_range()
-        reserve = _fallocate()
-        # Refused (no room, or no such call here): the space is taken as bytes come.
-        reserved = bool(reserve and length > 0
-                        and not reserve(fd, _FALLOC_FL_KEEP_SIZE, offset, length))
-        self._reserved_end = offset + length if reserved else 0
+        self._reserve = _fallocate() if length > 0 else None
+        self._body_end = offset + length
+        self._reserved_end = offset      # reserved (or tried) up to here
+        self._reserving = False          # whether any was: release() gives it back
         self._drop = drop and hasattr(os, "posix_fadvise")
         self._behind: tuple[int, int] | None = None   # the stretch written before the last
 
     def __call__(self, count: int) -> None:
         self.end += count
+        if self._reserve and self.end > self._reserved_end - self.EVERY:
+            self._reserve_ahead()
         if self._start and self.end - self.started >= self.EVERY:
             if self._start(self.fd, self.started, self.end - self.started, _SYNC_FILE_RANGE_WRITE):
                 self._start = None  # refused (say, a file system without it): stop asking
@@ -487,11 +492,21 @@ class Writeback:
                 self._drop_behind((self.started, self.end - self.started))
             self.started = self.end
 
+    def _reserve_ahead(self) -> None:
+        end = min(self._body_end, self.end + self.AHEAD)
+        if end > self._reserved_end and self._reserve is not None:
+            self._reserving = True
+            if self._reserve(self.fd, _FALLOC_FL_KEEP_SIZE, self._reserved_end,
+                             end - self._reserved_end):
+                self._reserve = None  # refused (no room, no such call): taken as bytes come
+            self._reserved_end = end
+
     def release(self) -> None:
         """Give back the space reserved past the bytes written (the body was cut short),
-        so a partial takes on disk only what it holds."""
-        if self._reserved_end:
-            self._reserved_end = 0
+        so a partial takes on disk only what it holds.  Even a refused reservation may
+        have kept some."""
+        if self._reserving:
+            self._reserving = False
             with contextlib.suppress(OSError):  # truncating to its own size frees the rest
                 os.ftruncate(self.fd, os.fstat(self.fd).st_size)
 
@@ -500,7 +515,10 @@ class Writeback:
         if self._behind is not None and self._start is not None:
             start, length = self._behind
             if not self._start(self.fd, start, length, _SYNC_FILE_RANGE_WAIT):
-                os.posix_fadvise(self.fd, start, length, os.POSIX_FADV_DONTNEED)
+                try:
+                    os.posix_fadvise(self.fd, start, length, os.POSIX_FADV_DONTNEED)
+                except OSError:
+                    self._drop = False  # refused: the cache keeps it, no harm
         self._behind = stretch
 
 

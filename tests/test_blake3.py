@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from ftpclient.client import Client
-from ftpserver.digest import CHECKPOINT_EVERY, available, new_hash
+from ftpserver.digest import CHECKPOINT_EVERY, Hash, available, new_hash
 from ftpserver.errors import ConnectionLost
 
 from helpers import LOOPBACK, CuttingProxy, ask, md5_of, random_file, raw_frame, recv_frame, run_cli
@@ -84,7 +84,7 @@ BIG = 2 * EVERY + 12345       # marks at 1 and 2 x EVERY
 @pytest.mark.parametrize("keep_cache", [True, False])
 def test_a_large_cut_blake3_put_resumes_checked_in_two_parts(
         server, port: int, storage_root: Path, local: Path, cache_home: Path,
-        keep_cache: bool) -> None:
+        keep_cache: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     """Neither end hashes the bytes held again: the server kept the digest of those
     before its last mark, the client finds the same in its cache (or, without it,
     hashes only them)."""
@@ -96,9 +96,20 @@ def test_a_large_cut_blake3_put_resumes_checked_in_two_parts(
     wait_released(server, "big.bin")
     if not keep_cache:
         shutil.rmtree(cache_home)
-    with CuttingProxy(port) as proxy:
+    hashed: list[int] = []
+    update = Hash.update
+
+    def counted(self: Hash, data: bytes | bytearray | memoryview) -> None:
+        hashed.append(memoryview(data).nbytes)
+        update(self, data)
+
+    with monkeypatch.context() as patch, CuttingProxy(port) as proxy:
+        patch.setattr(Hash, "update", counted)   # both ends run in this process
         with Client(LOOPBACK, proxy.port, timeout=30, hash="blake3") as again:
             result = again.put(source, "big.bin")
+    # Each end hashed the bytes after the mark once; the client without its cache also
+    # the bytes before it; nobody the rest of what the server held.
+    assert sum(hashed) == 2 * (BIG - EVERY) + (0 if keep_cache else EVERY)
     assert result.split == EVERY <= result.offset
     assert proxy.up < BIG - result.offset + 64 * 1024
     data = source.read_bytes()
@@ -122,15 +133,18 @@ def _cut_raw_put(server, port: int, data: bytes, held: int) -> dict:
 def test_a_resume_split_is_checked_and_older_clients_get_the_whole_check(
         server, port: int, storage_root: Path) -> None:
     data = random_bytes(BIG, seed=68)
-    header = _cut_raw_put(server, port, data, EVERY + 1000)
-    with socket.create_connection((LOOPBACK, port), timeout=10) as sock:
-        reply = ask(sock, header)
-        assert (reply["offset"], reply["split"]) == (EVERY + 1000, EVERY)
-        sock.sendall(data[reply["offset"]:] + raw_frame(
-            {"blake3": blake3_of(data[EVERY:]), "blake3_before": blake3_of(b"x" + data[1:EVERY])}))
-        assert recv_frame(sock)["error"] == "checksum"         # a wrong "before" is refused
-        assert not (storage_root / "raw.bin").exists()
-        assert ask(sock, header)["offset"] == 0                # and the partial is gone
+    right_before, right_after = blake3_of(data[:EVERY]), blake3_of(data[EVERY:])
+    for before, after in ((blake3_of(b"x" + data[1:EVERY]), right_after),
+                          (right_before, blake3_of(data[EVERY:-1] + b"x"))):
+        header = _cut_raw_put(server, port, data, EVERY + 1000)
+        with socket.create_connection((LOOPBACK, port), timeout=10) as sock:
+            reply = ask(sock, header)
+            assert (reply["offset"], reply["split"]) == (EVERY + 1000, EVERY)
+            sock.sendall(data[reply["offset"]:] + raw_frame(
+                {"blake3": after, "blake3_before": before}))
+            assert recv_frame(sock)["error"] == "checksum"     # either part wrong is refused
+            assert not (storage_root / "raw.bin").exists()
+            assert ask(sock, header)["offset"] == 0            # and the partial is gone
     old = {key: value for key, value in header.items() if key != "split"}
     _cut_raw_put(server, port, data, EVERY + 1000)
     with socket.create_connection((LOOPBACK, port), timeout=10) as sock:
