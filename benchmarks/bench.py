@@ -80,7 +80,9 @@ REPO = BENCH.parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks.trees import TreeBench  # noqa: E402  (needs REPO on sys.path)
+from benchmarks.procs import (my_cpu, open_fds, proc_cpu, proc_status, reset_peak,  # noqa: E402
+                              stop_process)  # (needs REPO on sys.path)
+from benchmarks.trees import TreeBench  # noqa: E402
 from benchmarks.web import WebBench  # noqa: E402
 
 LOOPBACK = "127.0.0.1"
@@ -124,51 +126,6 @@ def human_size(size: int) -> str:
         if size >= scale and size % scale == 0:
             return f"{size // scale} {unit}"
     return f"{size / MB:g} MB"
-
-
-def proc_status(pid: int, key: str) -> int | None:
-    """A ``/proc/PID/status`` memory line (VmHWM, VmRSS) in bytes, or None."""
-    try:
-        with open(f"/proc/{pid}/status") as status:
-            for line in status:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def proc_cpu(pid: int) -> float | None:
-    """CPU seconds (user + system) a process has used so far, or None."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def my_cpu(who: int = resource.RUSAGE_SELF) -> float:
-    """CPU seconds (user + system) of this process (or of its waited-for children)."""
-    usage = resource.getrusage(who)
-    return usage.ru_utime + usage.ru_stime
-
-
-def reset_peak(pid: int) -> bool:
-    """Reset a process's VmHWM to its current RSS (Linux >= 4.0); False if not possible."""
-    try:
-        with open(f"/proc/{pid}/clear_refs", "w") as refs:
-            refs.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def open_fds(pid: int) -> int:
-    try:
-        return len(os.listdir(f"/proc/{pid}/fd"))
-    except OSError:
-        return -1
 
 
 def raise_nofile() -> None:
@@ -330,13 +287,7 @@ class Server:
 
     def stop(self) -> None:
         """SIGTERM, a bounded wait, then SIGKILL."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
+        stop_process(self.process)
 
 
 def _start(name: str, command: list[str], root: Path, log: Path, pattern: str,

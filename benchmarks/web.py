@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from benchmarks.procs import proc_status, reset_peak, stop_process
+
 LOOPBACK = "127.0.0.1"
 MiB, MB = 1024**2, 1_000_000
 TUS_CHUNK = 64 * MiB
@@ -54,25 +56,6 @@ RATIOS = [
     ("upload speed ours (tuspy) / copyparty (u2c)", "up_ours", "up_u2c", True),
     ("upload speed ours (tuspy) / copyparty (curl PUT)", "up_ours", "up_put", False),
 ]
-
-
-def _proc_kib(pid: int, key: str) -> int | None:
-    try:
-        with open(f"/proc/{pid}/status") as status:
-            for line in status:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def _reset_peak(pid: int) -> None:
-    try:
-        with open(f"/proc/{pid}/clear_refs", "w") as refs:
-            refs.write("5")
-    except OSError:
-        pass
 
 
 def _md5(path: Path) -> str:
@@ -127,13 +110,7 @@ class WebServer:
             raise RuntimeError(f"{self.name} died: {self.log.read_text(errors='replace')[-400:]}")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
+        stop_process(self.process)
 
 
 def _spawn(command: list[str], log: Path, env: dict[str, str], cwd: Path) -> subprocess.Popen[bytes]:
@@ -287,14 +264,14 @@ class WebBench:
             return
         try:
             server.check()
-            self.before.setdefault(key, _proc_kib(server.process.pid, "VmRSS"))
-            _reset_peak(server.process.pid)
+            self.before.setdefault(key, proc_status(server.process.pid, "VmRSS"))
+            reset_peak(server.process.pid)
             started = time.perf_counter()
             done = subprocess.run(command, capture_output=True, text=True, env=self.env,
                                   cwd=self.tmp, stdin=subprocess.DEVNULL,
                                   timeout=max(120, self.size / (20 * MB)))
             seconds = time.perf_counter() - started
-            peak = _proc_kib(server.process.pid, "VmHWM")
+            peak = proc_status(server.process.pid, "VmHWM")
             server.check()
             if done.returncode != 0:
                 raise RuntimeError(f"{Path(command[0]).name} exited {done.returncode}: "
