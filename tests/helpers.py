@@ -18,6 +18,24 @@ from typing import Any, Sequence
 LOOPBACK = "127.0.0.1"
 
 
+def make_cert(folder: Path, name: str = "cert") -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and its key, in ``folder`` (the test is
+    skipped where the openssl command is missing)."""
+    import shutil
+
+    import pytest
+
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is not installed")
+    cert, key = folder / f"{name}.pem", folder / f"{name}.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "2", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True, timeout=60)
+    return cert, key
+
+
 def md5_of(path: Path) -> str:
     """md5 of a file's content."""
     digest = hashlib.md5()

@@ -3,8 +3,6 @@ step.  The real ``ftpclient`` against real servers (plain and TLS) on loopback.
 """
 from __future__ import annotations
 
-import shutil
-import subprocess
 import threading
 from pathlib import Path
 from typing import Iterator
@@ -14,7 +12,7 @@ import pytest
 from ftpserver.config import Config, TLSConfig
 from ftpserver.server import FTPServer
 
-from helpers import LOOPBACK, CuttingProxy, random_file, run_cli
+from helpers import LOOPBACK, CuttingProxy, make_cert, random_file, run_cli
 
 MiB = 1024 * 1024
 
@@ -29,14 +27,7 @@ def one_line(text: str) -> str:
 @pytest.fixture
 def tls_port(tmp_path: Path, storage_root: Path) -> Iterator[tuple[int, Path]]:
     """A TLS server in this process, and its certificate."""
-    if shutil.which("openssl") is None:
-        pytest.skip("the openssl command is not installed")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
-                    "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", str(key), "-out",
-                    str(cert), "-days", "2", "-subj", "/CN=127.0.0.1",
-                    "-addext", "subjectAltName=IP:127.0.0.1"],
-                   check=True, capture_output=True, timeout=60)
+    cert, key = make_cert(tmp_path)
     srv = FTPServer(Config(host=LOOPBACK, port=0, root=storage_root, idle_timeout=30,
                            tls=TLSConfig(cert, key)))
     thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)

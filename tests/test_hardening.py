@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import socket
 import ssl
 import stat
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -27,7 +25,8 @@ from ftpserver.errors import Busy
 from ftpserver import handler as handler_module
 from ftpserver.server import FTPServer
 
-from helpers import LOOPBACK, ask, raw_frame, recv_frame, CuttingProxy, md5_of, random_file, run_cli
+from helpers import (LOOPBACK, ask, raw_frame, recv_frame, CuttingProxy, make_cert, md5_of,
+                     random_file, run_cli)
 
 
 def one_line(text: str) -> str:
@@ -333,20 +332,8 @@ def test_max_connections_turns_away_the_extra_one(make_server: ServerFactory,
 
 # -- TLS --------------------------------------------------------------------------------
 
-def make_cert(folder: Path, name: str) -> tuple[Path, Path]:
-    cert, key = folder / f"{name}.pem", folder / f"{name}.key"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
-                    "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", str(key), "-out",
-                    str(cert), "-days", "2", "-subj", "/CN=127.0.0.1",
-                    "-addext", "subjectAltName=IP:127.0.0.1"],
-                   check=True, capture_output=True, timeout=60)
-    return cert, key
-
-
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path]]:
-    if shutil.which("openssl") is None:
-        pytest.skip("the openssl command is not installed")
     folder = tmp_path_factory.mktemp("certs")
     return {"good": make_cert(folder, "good"), "other": make_cert(folder, "other")}
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -14,8 +13,8 @@ from ftpserver.auth import hash_password
 from ftpserver.config import Config, TLSConfig, prepare
 from ftpserver.errors import ConfigError
 
-from helpers import LOOPBACK, ServerProcess
-from test_hardening import make_cert, one_line
+from helpers import LOOPBACK, ServerProcess, make_cert
+from test_hardening import one_line
 
 
 def write_config(tmp_path: Path, text: str) -> Path:
@@ -98,8 +97,6 @@ def test_an_unused_anonymous_root_is_not_created(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def pems(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    if shutil.which("openssl") is None:
-        pytest.skip("the openssl command is not installed")
     folder = tmp_path_factory.mktemp("pems")
     cert, key = make_cert(folder, "good")
     _, other_key = make_cert(folder, "other")

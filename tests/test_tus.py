@@ -240,6 +240,13 @@ def test_a_cut_chunk_with_a_checksum_is_dropped_whole(web: Web) -> None:
     assert offset_of(base, location) == 0
 
 
+def start_patch(sock: socket.socket, location: str, length: int, first: bytes) -> None:
+    """Send a PATCH from offset 0 of ``length`` bytes by hand, with only ``first`` of its body."""
+    sock.sendall((f"PATCH {location} HTTP/1.1\r\nHost: x\r\nTus-Resumable: 1.0.0\r\n"
+                  "Upload-Offset: 0\r\nContent-Type: application/offset+octet-stream\r\n"
+                  f"Content-Length: {length}\r\n\r\n").encode() + first)
+
+
 def test_native_put_and_tus_upload_of_one_name_exclude_each_other(web: Web, tmp_path: Path) -> None:
     ftp, base = web()
     port = ftp.server_address[1]
@@ -247,9 +254,7 @@ def test_native_put_and_tus_upload_of_one_name_exclude_each_other(web: Web, tmp_
     location = create(base, "same.bin", 1000)
     url = urllib.parse.urlsplit(base)
     with socket.create_connection((url.hostname, url.port), timeout=10) as sock:
-        sock.sendall((f"PATCH {location} HTTP/1.1\r\nHost: x\r\nTus-Resumable: 1.0.0\r\n"
-                      "Upload-Offset: 0\r\nContent-Type: application/offset+octet-stream\r\n"
-                      "Content-Length: 1000\r\n\r\n").encode() + b"a" * 100)
+        start_patch(sock, location, 1000, b"a" * 100)
         wait_for(lambda: offset_of(base, location) == 100)
         with Client(LOOPBACK, port, timeout=10) as client, pytest.raises(Busy):
             client.put(random_file(tmp_path / "other.bin", 500, seed=1), "same.bin")
@@ -477,9 +482,7 @@ def test_a_retried_patch_takes_over_from_a_hanging_one(web: Web, tmp_path: Path)
     location = create(base, "retry.bin", 1000)
     url = urllib.parse.urlsplit(base)
     with socket.create_connection((url.hostname, url.port), timeout=10) as hanging:
-        hanging.sendall((f"PATCH {location} HTTP/1.1\r\nHost: x\r\nTus-Resumable: 1.0.0\r\n"
-                         "Upload-Offset: 0\r\nContent-Type: application/offset+octet-stream\r\n"
-                         "Content-Length: 1000\r\n\r\n").encode() + b"r" * 300)
+        start_patch(hanging, location, 1000, b"r" * 300)
         wait_for(lambda: offset_of(base, location) == 300)
         started = time.monotonic()
         response = patch(base, location, 300, b"r" * 700)  # as a client does after a cut

@@ -17,7 +17,7 @@ import pytest
 from ftpserver.config import Config, load_config
 from ftpserver.web.auth import COOKIE, check_password, parse_basic
 
-from helpers import LOOPBACK
+from helpers import LOOPBACK, make_cert
 from web_helpers import PASSWORD, Web, WebServerProcess, keys_line, users, web_server
 
 
@@ -245,18 +245,10 @@ def test_http_port_in_config(tmp_path: Path) -> None:
 
 def test_https_side_uses_the_servers_certificate(tmp_path: Path, storage_root: Path) -> None:
     import http.client
-    import shutil
     import ssl
 
     from ftpserver.config import TLSConfig
-    if shutil.which("openssl") is None:
-        pytest.skip("the openssl command is not installed")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
-                    "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", str(key), "-out",
-                    str(cert), "-days", "2", "-subj", "/CN=127.0.0.1",
-                    "-addext", "subjectAltName=IP:127.0.0.1"],
-                   check=True, capture_output=True, timeout=60)
+    cert, key = make_cert(tmp_path)
     (storage_root / "alice").mkdir()
     (storage_root / "alice" / "a.txt").write_text("over tls")
     config = Config(host=LOOPBACK, port=0, root=storage_root, idle_timeout=30, http_port=0,
