@@ -29,7 +29,7 @@ from .storage import Storage
 from .transfer import FileHasher
 from .uploads import Claims, sweep_partials
 
-__all__ = ["FTPServer", "DigestCache", "Account", "TLSAccepting"]
+__all__ = ["FTPServer", "DigestCache", "Account", "Admitting", "TLSAccepting"]
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,46 @@ class TLSAccepting:
         return request, address
 
 
-class FTPServer(TLSAccepting, socketserver.ThreadingTCPServer):
+class Admitting:
+    """For a threading socketserver server: each connection is counted by :attr:`gate`
+    (the native server, whose ``max_connections`` and ``max_per_address`` every front
+    door shares); one over a limit is refused by :meth:`_refuse` from its own thread (a
+    TLS handshake with a silent peer must not hold up the accept loop), the others are
+    served each in its own thread and uncounted when it ends or cannot start."""
+
+    gate: FTPServer
+    #: What a connection is called in the log.
+    kind = "connection"
+
+    def process_request(self, request: socket.socket, client_address: tuple) -> None:
+        """Hook: count, then refuse or serve."""
+        host = client_address[0]
+        refusal = self.gate.admit(host)
+        if refusal:
+            try:
+                threading.Thread(target=self._refuse, args=(request, refusal), daemon=True).start()
+            except RuntimeError:
+                self.shutdown_request(request)  # type: ignore[attr-defined]
+            return
+        try:
+            super().process_request(request, client_address)  # type: ignore[misc]
+        except Exception as error:  # no thread to be had (memory or thread limits)
+            self.gate.release(host)
+            log.warning("%s: %s dropped, cannot start its thread: %s", host, self.kind, error)
+            self.shutdown_request(request)  # type: ignore[attr-defined]
+
+    def process_request_thread(self, request: socket.socket, client_address: tuple) -> None:
+        try:
+            super().process_request_thread(request, client_address)  # type: ignore[misc]
+        finally:
+            self.gate.release(client_address[0])
+
+    def _refuse(self, request: socket.socket, message: str) -> None:
+        """Tell a refused connection ``message`` in the server's own tongue, and close it."""
+        raise NotImplementedError
+
+
+class FTPServer(Admitting, TLSAccepting, socketserver.ThreadingTCPServer):
     """Serve the storage roots that ``config`` names."""
 
     daemon_threads = True
@@ -167,25 +206,10 @@ class FTPServer(TLSAccepting, socketserver.ThreadingTCPServer):
 
     # -- connections ----------------------------------------------------------
 
-    def process_request(self, request: socket.socket, client_address: tuple) -> None:  # type: ignore[override]
-        """Hook: refuse a connection over ``max_connections`` or ``max_per_address`` with
-        ``busy``; serve the others each in its own thread."""
-        host = client_address[0]
-        refusal = self.admit(host)
-        if refusal:
-            # Answered from its own thread: a TLS handshake with a silent peer must not
-            # hold up the accept loop.
-            try:
-                threading.Thread(target=self._refuse, args=(request, refusal), daemon=True).start()
-            except RuntimeError:
-                self.shutdown_request(request)
-            return
-        try:
-            super().process_request(request, client_address)
-        except Exception as error:  # no thread to be had (memory or thread limits)
-            self.release(host)
-            log.warning("%s: connection dropped, cannot start its thread: %s", host, error)
-            self.shutdown_request(request)
+    @property
+    def gate(self) -> FTPServer:
+        """Who counts this server's connections: itself (see :class:`Admitting`)."""
+        return self
 
     def admit(self, host: str) -> str | None:
         """Count a new connection from ``host``; return why it is refused instead, or None."""
@@ -209,12 +233,6 @@ class FTPServer(TLSAccepting, socketserver.ThreadingTCPServer):
         with contextlib.suppress(OSError):
             request.sendall(encode_frame(error_reply(Busy(message))))
         self.shutdown_request(request)
-
-    def process_request_thread(self, request: socket.socket, client_address: tuple) -> None:  # type: ignore[override]
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self.release(client_address[0])
 
     def serve_forever(self, poll_interval: float = 0.5) -> None:
         """Serve until :meth:`shutdown`, sweeping abandoned partial uploads meanwhile."""

@@ -15,11 +15,10 @@ import socket
 import socketserver
 import ssl
 import sys
-import threading
 from http.server import ThreadingHTTPServer
 from typing import TYPE_CHECKING
 
-from ..server import TLSAccepting
+from ..server import Admitting, TLSAccepting
 from .auth import Logins
 from .handler import WebHandler
 
@@ -34,13 +33,14 @@ _REFUSAL = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; char
             b"Retry-After: 5\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%b")
 
 
-class WebServer(TLSAccepting, ThreadingHTTPServer):
+class WebServer(Admitting, TLSAccepting, ThreadingHTTPServer):
     """Serve the roots of ``ftp`` over HTTP (HTTPS when it has TLS) on its host and
     ``config.http_port`` (or ``port``)."""
 
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = 128
+    kind = "web connection"
 
     def __init__(self, ftp: FTPServer, port: int | None = None,
                  handler: type[WebHandler] = WebHandler, bind_and_activate: bool = True) -> None:
@@ -71,23 +71,10 @@ class WebServer(TLSAccepting, ThreadingHTTPServer):
 
     # -- connections ----------------------------------------------------------
 
-    def process_request(self, request: socket.socket, client_address: tuple) -> None:  # type: ignore[override]
-        """Hook: count the connection with the native side's against ``max_connections`` and
-        ``max_per_address``; over either, answer 503 and close."""
-        refusal = self.ftp.admit(client_address[0])
-        if refusal:
-            try:
-                threading.Thread(target=self._refuse, args=(request, refusal), daemon=True).start()
-            except RuntimeError:
-                self.shutdown_request(request)
-            return
-        try:
-            super().process_request(request, client_address)
-        except Exception as error:  # no thread to be had
-            self.ftp.release(client_address[0])
-            log.warning("%s: web connection dropped, cannot start its thread: %s",
-                        client_address[0], error)
-            self.shutdown_request(request)
+    @property
+    def gate(self) -> FTPServer:
+        """The native server: web connections count against its limits too."""
+        return self.ftp
 
     def _refuse(self, request: socket.socket, message: str) -> None:
         request.settimeout(5)
@@ -97,12 +84,6 @@ class WebServer(TLSAccepting, ThreadingHTTPServer):
                 request.do_handshake()
             request.sendall(_REFUSAL % (len(body), body))
         self.shutdown_request(request)
-
-    def process_request_thread(self, request: socket.socket, client_address: tuple) -> None:  # type: ignore[override]
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self.ftp.release(client_address[0])
 
     def handle_error(self, request: object, client_address: tuple) -> None:
         """Hook: a peer gone mid-response is routine; anything else is logged with its traceback."""
