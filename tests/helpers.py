@@ -162,7 +162,49 @@ class ServerProcess:
         return self.process.returncode if self.process else None
 
 
-class CuttingProxy:
+class LoopbackListener:
+    """A listener on an ephemeral loopback port: its thread hands each connection to
+    :meth:`serve`, in a thread of its own, until :meth:`close` (or :attr:`LIFETIME`).
+    Subclasses set their own attributes before calling ``__init__``."""
+
+    LIFETIME = 600.0
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server((LOOPBACK, 0))
+        self.listener.settimeout(0.2)
+        self.port = self.listener.getsockname()[1]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        deadline = time.monotonic() + self.LIFETIME
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            try:
+                conn, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=self.serve, args=(conn,), daemon=True).start()
+
+    def serve(self, conn: socket.socket) -> None:
+        """Handle one accepted connection (and close it)."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self._stop.set()
+        self.listener.close()
+        self._thread.join(5)
+
+    def __enter__(self):  # type: ignore[no-untyped-def]
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class CuttingProxy(LoopbackListener):
     """A TCP proxy on loopback that counts bytes each way and can cut the link.
 
     ``cut_after_up``/``cut_after_down`` close both sides once that many bytes
@@ -176,24 +218,9 @@ class CuttingProxy:
         self.up = 0      # client -> server bytes, all connections
         self.down = 0    # server -> client bytes, all connections
         self.captured = bytearray()  # client -> server bytes, for inspection
-        self.listener = socket.create_server((LOOPBACK, 0))
-        self.port = self.listener.getsockname()[1]
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-        self._thread.start()
+        super().__init__()
 
-    def _accept(self) -> None:
-        self.listener.settimeout(0.2)
-        while not self._stop.is_set():
-            try:
-                client, _ = self.listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            threading.Thread(target=self._pipe, args=(client,), daemon=True).start()
-
-    def _pipe(self, client: socket.socket) -> None:
+    def serve(self, client: socket.socket) -> None:
         server = socket.create_connection((LOOPBACK, self.target_port))
         sent = {client: 0, server: 0}
         limits = {client: self.cut_after_up, server: self.cut_after_down}
@@ -227,14 +254,3 @@ class CuttingProxy:
                 except OSError:
                     pass
                 sock.close()
-
-    def close(self) -> None:
-        self._stop.set()
-        self.listener.close()
-        self._thread.join(5)
-
-    def __enter__(self) -> "CuttingProxy":
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()

@@ -8,14 +8,12 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
-import threading
-import time
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 
-from helpers import LOOPBACK, raw_frame, recv_frame, run_cli
+from helpers import LoopbackListener, raw_frame, recv_frame, run_cli
 
 #: Names a server must not make the client write; "{abs}" becomes an absolute path
 #: outside the destination (inside the test's own folder).
@@ -50,32 +48,18 @@ def listings(absolute: Path) -> dict[str, list[dict[str, Any]]]:
 EVIL_BODY = b"EVIL"
 
 
-class HostileServer:
+class HostileServer(LoopbackListener):
     """Answers stat, ls and get from the tables above; any other file it is asked for
     is served as EVIL_BODY, so a client that followed an evil name would write it."""
 
+    LIFETIME = 120.0
+
     def __init__(self, absolute: Path) -> None:
         self.listings = listings(absolute)
-        self.listener = socket.create_server((LOOPBACK, 0))
-        self.listener.settimeout(0.2)
-        self.port = self.listener.getsockname()[1]
         self.requests: list[dict[str, Any]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-        self._thread.start()
+        super().__init__()
 
-    def _accept(self) -> None:
-        deadline = time.monotonic() + 120
-        while not self._stop.is_set() and time.monotonic() < deadline:
-            try:
-                conn, _ = self.listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn: socket.socket) -> None:
+    def serve(self, conn: socket.socket) -> None:
         conn.settimeout(10)
         try:
             for _ in range(10_000):
@@ -107,10 +91,6 @@ class HostileServer:
         else:
             conn.sendall(raw_frame({"ok": False, "error": "unknown_command", "message": "no"}))
 
-    def close(self) -> None:
-        self._stop.set()
-        self.listener.close()
-        self._thread.join(5)
 
 
 @pytest.fixture

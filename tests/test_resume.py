@@ -32,7 +32,8 @@ from ftpserver.locks import try_lock
 from ftpserver.protocol import META_SUFFIX
 from ftpserver.server import FTPServer
 
-from helpers import LOOPBACK, CuttingProxy, ServerProcess, md5_of, random_file, run_cli, start_cli
+from helpers import (LOOPBACK, CuttingProxy, LoopbackListener, ServerProcess, md5_of, random_file,
+                     run_cli, start_cli)
 
 MiB = 1024 * 1024
 #: Big enough that a cut at 40 % lands well inside the body, small enough to stay fast.
@@ -206,7 +207,7 @@ def abandon_put(port: int, name: str, data: bytes, sent: int, source: str = "tag
 
 # -- a proxy that holds a transfer still ---------------------------------------
 
-class StallingProxy:
+class StallingProxy(LoopbackListener):
     """A loopback TCP proxy that stops forwarding one way after so many bytes.
 
     After ``stall_after_up`` bytes client->server (or ``stall_after_down`` bytes
@@ -225,27 +226,12 @@ class StallingProxy:
         self.down = 0
         self.stalled = threading.Event()
         self._go = threading.Event()
-        self._stop = threading.Event()
-        self.listener = socket.create_server((LOOPBACK, 0))
-        self.port = self.listener.getsockname()[1]
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-        self._thread.start()
+        super().__init__()
 
     def unstall(self) -> None:
         self._go.set()
 
-    def _accept(self) -> None:
-        self.listener.settimeout(0.2)
-        while not self._stop.is_set():
-            try:
-                client, _ = self.listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            threading.Thread(target=self._pipe, args=(client,), daemon=True).start()
-
-    def _pipe(self, client: socket.socket) -> None:
+    def serve(self, client: socket.socket) -> None:
         try:
             server = socket.create_connection((LOOPBACK, self.target_port))
         except OSError:
@@ -290,16 +276,6 @@ class StallingProxy:
                     pass
                 sock.close()
 
-    def close(self) -> None:
-        self._stop.set()
-        self.listener.close()
-        self._thread.join(5)
-
-    def __enter__(self) -> "StallingProxy":
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ import pytest
 from ftpclient.client import Client
 from ftpclient.shell import FTPShell
 
-from helpers import LOOPBACK, ServerProcess, md5_of, random_file, run_cli
+from helpers import LOOPBACK, LoopbackListener, ServerProcess, md5_of, random_file, run_cli
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -497,31 +497,16 @@ def test_tab_completion_in_a_pty(port: int, storage_root: Path, local: Path, tmp
         assert proc.wait(timeout=10) == 0
 
 
-class SlowProxy:
+class SlowProxy(LoopbackListener):
     """A loopback proxy that holds client->server traffic (server->client with ``down``)
     to ``rate`` bytes/s, counting client->server bytes per connection."""
 
     def __init__(self, target_port: int, rate: float, down: bool = False) -> None:
         self.target_port, self.rate, self.down = target_port, rate, down
         self.ups: list[list[int]] = []
-        self.listener = socket.create_server((LOOPBACK, 0))
-        self.listener.settimeout(0.2)
-        self.port = self.listener.getsockname()[1]
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-        self._thread.start()
+        super().__init__()
 
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            threading.Thread(target=self._pipe, args=(conn,), daemon=True).start()
-
-    def _pipe(self, client: socket.socket) -> None:
+    def serve(self, client: socket.socket) -> None:
         server = socket.create_connection((LOOPBACK, self.target_port))
         up = [0]
         self.ups.append(up)
@@ -546,10 +531,6 @@ class SlowProxy:
             for sock in (client, server):
                 sock.close()
 
-    def close(self) -> None:
-        self._stop.set()
-        self.listener.close()
-        self._thread.join(5)
 
 
 def settled_size(path: Path, timeout: float) -> int:
