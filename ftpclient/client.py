@@ -529,16 +529,10 @@ class Client:
                 file.seek(offset)
                 counter = _Counter(progress, offset, size)
                 # Dropped from the cache once on disk, unless a hasher reads the file behind.
-                writeback = Writeback(file.fileno(), offset, size - offset,
-                                      drop=not isinstance(hasher, FileHasher)) \
-                    if size - offset > Writeback.EVERY else None
-                try:
+                with Writeback(file.fileno(), offset, size - offset,
+                               drop=not isinstance(hasher, FileHasher)) as writeback:
                     receive_body(self._reader, file, size - offset, self.buffer_size, hasher,
-                                 counter if writeback is None else _both(counter, writeback))
-                except BaseException:
-                    if writeback:
-                        writeback.release()  # the partial keeps on disk only what it holds
-                    raise
+                                 _both(counter, writeback))
             trailer = self._end_of_body()
         except BaseException as error:
             hasher.cancel()

@@ -366,19 +366,17 @@ class FTPHandler(BatchedCommands, socketserver.StreamRequestHandler):
             digest = receiving_digest(file, size, offset, upload.checkpoint,
                                       self.server.config.buffer_size, name,
                                       begin=split.offset if split else 0)
-            writeback = None
             try:
                 file.seek(offset)
-                # Out of the cache once on disk, unless a hasher reads the file behind.
-                writeback = Writeback(file.fileno(), offset, size - offset,
-                                      drop=not isinstance(digest, FileHasher)) \
-                    if self.server.sync_uploads and size - offset > Writeback.EVERY else None
-                receive_body(self.rfile, file, size - offset, self.server.config.buffer_size,
-                             digest, writeback)
+                # Out of the cache once on disk, unless a hasher reads the file behind;
+                # a cut gives back its reserved space before the checkpoint ties to the file.
+                with Writeback(file.fileno(), offset,
+                               size - offset if self.server.sync_uploads else 0,
+                               drop=not isinstance(digest, FileHasher)) as writeback:
+                    receive_body(self.rfile, file, size - offset,
+                                 self.server.config.buffer_size, digest, writeback)
             except BaseException:
                 digest.cancel()
-                if writeback:
-                    writeback.release()  # before the checkpoint, which ties to the file as it is
                 if resumable:
                     upload.save_checkpoint(split or digest.checkpoint())
                 raise

@@ -455,8 +455,11 @@ class Writeback:
     The body's space is allocated a few stretches ahead of the writer (fallocate):
     the file system then has less to do per write, and the file lies in few extents.
 
-    Called with the size of each write, as a progress callback.  Uses Linux's
-    sync_file_range, which only starts the writing; elsewhere it does nothing.
+    Called with the size of each write, as a progress callback, within a ``with``
+    block: a block left by an error gives the unfilled reservation back
+    (:meth:`release`).  A body of at most :attr:`EVERY` bytes needs none of this
+    and is left alone.  Uses Linux's sync_file_range, which only starts the
+    writing; elsewhere it does nothing.
     """
 
     #: Bytes between two starts: big enough to cost nothing, small enough to keep
@@ -472,8 +475,9 @@ class Writeback:
         space is reserved a little ahead of the writer where the file system can (the
         file's size does not change: a partial still shows what it holds)."""
         self.fd, self.started, self.end = fd, offset, offset
-        self._start = _sync_file_range()
-        self._reserve = _fallocate() if length > 0 else None
+        worth = length > self.EVERY
+        self._start = _sync_file_range() if worth else None
+        self._reserve = _fallocate() if worth else None
         self._body_end = offset + length
         self._reserved_end = offset      # reserved (or tried) up to here
         self._reserving = False          # whether any was: release() gives it back
@@ -492,9 +496,17 @@ class Writeback:
                 self._drop_behind((self.started, self.end - self.started))
             self.started = self.end
 
+    def __enter__(self) -> Writeback:
+        return self
+
+    def __exit__(self, kind: object, error: object, trace: object) -> None:
+        if kind is not None:
+            self.release()
+
     def _reserve_ahead(self) -> None:
+        assert self._reserve is not None
         end = min(self._body_end, self.end + self.AHEAD)
-        if end > self._reserved_end and self._reserve is not None:
+        if end > self._reserved_end:
             self._reserving = True
             if self._reserve(self.fd, _FALLOC_FL_KEEP_SIZE, self._reserved_end,
                              end - self._reserved_end):

@@ -20,7 +20,7 @@ from helpers import LOOPBACK, CuttingProxy, md5_of, random_file
 def test_writeback_starts_the_disk_every_so_many_bytes(tmp_path: Path) -> None:
     every = Writeback.EVERY
     with open(tmp_path / "f.bin", "wb", buffering=0) as file:
-        writeback = Writeback(file.fileno(), 100)
+        writeback = Writeback(file.fileno(), 100, 2 * every)
         for _ in range(3):
             file.write(b"x" * (every // 2))
             writeback(every // 2)
@@ -65,7 +65,7 @@ def test_a_body_s_space_is_reserved_ahead_but_the_partial_shows_only_what_it_hol
 def test_writeback_on_a_file_that_refuses_it_costs_the_upload_nothing() -> None:
     read, write = os.pipe()  # sync_file_range fails on a pipe
     try:
-        writeback = Writeback(write, 0)
+        writeback = Writeback(write, 0, 3 * Writeback.EVERY)
         for _ in range(3):
             writeback(Writeback.EVERY)  # must not raise
         assert writeback.end == 3 * Writeback.EVERY

@@ -266,9 +266,8 @@ class TusUploads:
         received = 0
         with upload.file() as file:
             file.seek(offset)
-            writeback = Writeback(file.fileno(), offset, count, drop=True) \
-                if self.sync and count > Writeback.EVERY else None
-            try:
+            with Writeback(file.fileno(), offset, count if self.sync else 0,
+                           drop=True) as writeback:
                 while received < count:
                     try:
                         data = read(min(self.buffer_size, count - received))
@@ -284,12 +283,7 @@ class TusUploads:
                     if hasher is not None:
                         hasher.update(data)
                     received += len(data)
-                    if writeback:
-                        writeback(len(data))
-            except BaseException:
-                if writeback:
-                    writeback.release()  # the partial keeps on disk only what it holds
-                raise
+                    writeback(len(data))
         return received
 
     def _commit(self, upload: Upload) -> None:
