@@ -121,19 +121,20 @@ class Session:
             return partial.resumable_offset(size, source)
 
     def upload(self, path: str, size: int, source: str | None = None, restart: bool = False,
-               connection: socket.socket | None = None) -> Upload:
+               connection: socket.socket | None = None, record_now: bool = False) -> Upload:
         """Start a put of ``size`` bytes to ``path`` (use it as a context manager).
 
-        ``source`` (the client's tag of its file) makes it resumable.  Raises Busy if
-        another writer holds the name, QuotaExceeded if it does not fit, and the path
-        errors of :meth:`Storage.upload_place`.
+        ``source`` (the client's tag of its file) makes it resumable; ``record_now``
+        records it from the first byte, whatever its size (:meth:`PartialUpload.prepare`).
+        Raises Busy if another writer holds the name, QuotaExceeded if it does not
+        fit, and the path errors of :meth:`Storage.upload_place`.
         """
         storage = self.writable()
         vpath = storage.virtual(self.cwd, path)
         if self.partial_limit is not None and size > self.partial_limit:
             raise QuotaExceeded(f"quota exceeded: this server takes uploads of at most "
                                 f"{self.partial_limit} bytes per session")
-        return Upload(self, vpath, size, source, restart, connection)
+        return Upload(self, vpath, size, source, restart, connection, record_now)
 
 
 class Upload:
@@ -141,7 +142,7 @@ class Upload:
     then committed under its name or left to resume (or discarded)."""
 
     def __init__(self, session: Session, vpath: str, size: int, source: str | None,
-                 restart: bool, connection: socket.socket | None) -> None:
+                 restart: bool, connection: socket.socket | None, record_now: bool) -> None:
         self.session, self.vpath, self.size = session, vpath, size
         self.ledger = session.ledger
         storage = session.files()
@@ -156,7 +157,7 @@ class Upload:
                 self._credit = self.partial.replaced()
                 self.ledger.reserve(size - self.partial.held(), self._credit)
                 self._counted = True
-            self.offset, self.checkpoint = self.partial.prepare(size, source, restart)
+            self.offset, self.checkpoint = self.partial.prepare(size, source, restart, record_now)
         except BaseException:
             self.close()
             raise
@@ -218,8 +219,7 @@ class Upload:
     def close(self) -> None:
         """Release the claim; an unfinished partial stays, counted at its real size."""
         if self._counted and not self._done and self.ledger:
-            held = os.fstat(self.partial.fd).st_size if self.partial.fd >= 0 else self.partial.held()
-            self.ledger.add(held - self.size)
+            self.ledger.add(self.partial.held() - self.size)
         self._counted = False
         self.session.claims.release(self.partial)
         self.partial.close()

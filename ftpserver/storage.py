@@ -532,7 +532,7 @@ class Storage:
     def remove(self, vpath: str, in_use: Callable[[int, str], bool] | None = None) -> tuple[int, int]:
         """Remove a file or an empty folder; abandoned partial uploads inside it go with it.
 
-        ``in_use(dir_fd, meta_name)`` tells a partial upload still being written:
+        ``in_use(dir_fd, partial_name)`` tells a partial upload still being written:
         its folder is then busy (raises what ``in_use`` raises).  Returns the bytes
         and folders freed.  Raises NotFound, NotEmpty, or PathError for ``/``.
         """
@@ -561,7 +561,7 @@ class Storage:
             raise NotEmpty(f"{NotEmpty().message}: {vpath}")
         if in_use is not None:
             for name in names:
-                if name.endswith(META_SUFFIX):
+                if name.endswith(PARTIAL_SUFFIX):
                     in_use(fd, name)
         freed = 0
         for name in names:

@@ -1,19 +1,19 @@
 """Partial uploads on the server: where they live, who writes them, when they resume, when they go.
 
-An upload of NAME is written to ``.NAME.ftp-partial`` beside it, with
-``.NAME.ftp-partial.json`` recording the declared size and the client's
-``source`` tag (a string that changes whenever the client's file does), and,
-once an upload is cut, the state of the hash of the bytes held.  A later put of
-the same size and source resumes at the partial's length without hashing them
-again; anything else starts from a freshly created partial.  Only a complete,
-verified partial is renamed to NAME.
+An upload of NAME is written to ``.NAME.ftp-partial`` beside it; only a complete,
+verified partial is renamed to NAME.  Its record, ``.NAME.ftp-partial.json``, keeps
+the declared size and the client's ``source`` tag (a string that changes whenever
+the client's file does) and, once an upload is cut, the state of the hash of the
+bytes held: a later put of the same size and source resumes at the partial's
+length without hashing them again; anything else starts from empty.  A large body
+is recorded when it starts, so it resumes even after the server stops; a small one
+only when it is cut, so a folder of small files costs one new file each.
 
-Both files are opened through their folder's descriptor, never following a
-link, and a partial is created with ``O_EXCL``: a link or a hard link planted at
-either name is removed, never written through.  The writer holds a lock on the
-metadata file (:mod:`ftpserver.locks`), so the claim follows the file itself
-(a folder renamed meanwhile takes its claim along) and holds across every server
-process on the root.
+Both files are opened through their folder's descriptor, never following a link,
+and created with ``O_EXCL``: a link or a hard link planted at either name is
+removed, never written through.  The writer holds a lock on the partial itself
+(:mod:`ftpserver.locks`), so the claim follows the file (a folder renamed
+meanwhile takes its claim along) and holds across every server process on the root.
 """
 from __future__ import annotations
 
@@ -46,6 +46,8 @@ _NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 _OPEN = os.O_RDWR | _NOFOLLOW | _NONBLOCK | _CLOEXEC
 #: Create one: fresh, never an existing file or link.
 _CREATE = os.O_RDWR | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC
+#: Bodies of at least this many bytes are recorded when they start (see the module's text).
+RECORD_FROM = 1 << 20
 #: Seconds a put resuming the same source waits for an interrupted writer to let go.
 TAKEOVER_WAIT = 10.0
 
@@ -109,7 +111,8 @@ def _read_json(fd: int) -> dict[str, Any] | None:
 
 
 class PartialUpload:
-    """One upload's partial file and metadata beside its final name in a held folder."""
+    """One upload's partial file (and, when it has one, its record) beside its final
+    name in a held folder."""
 
     def __init__(self, place: Place) -> None:
         """Take over ``place`` (the folder and final name of the upload)."""
@@ -118,62 +121,92 @@ class PartialUpload:
         self.name = place.name
         self.partial_name = f".{place.name}{PARTIAL_SUFFIX}"
         self.meta_name = f".{place.name}{META_SUFFIX}"
-        self.meta_fd = -1
-        self.locked = False
         self.fd = -1
+        self.locked = False
+        self.ended = False
         self._meta: dict[str, Any] = {}
+        self._recorded = False
 
     # -- the claim --------------------------------------------------------------
 
-    def open_meta(self) -> None:
-        """Open (or create) the metadata file, the lock of the claim."""
-        self.close_meta()
-        self.meta_fd = _open_own(self.dir_fd, self.meta_name, create=True)  # type: ignore[assignment]
+    def open_partial(self) -> None:
+        """Open (or create, empty) the partial: the lock of the claim."""
+        self.close_partial()
+        self.fd = _open_own(self.dir_fd, self.partial_name, create=True)  # type: ignore[assignment]
 
     def lock(self, wait: float = 0.0) -> bool:
-        """Lock the metadata file, waiting at most ``wait`` seconds; False if another
-        writer (in any process) holds it."""
-        self.locked = try_lock(self.meta_fd) or bool(wait) and wait_lock(self.meta_fd, wait)
+        """Lock the partial, waiting at most ``wait`` seconds; False if another writer
+        (in any process) holds it."""
+        self.locked = try_lock(self.fd) or bool(wait) and wait_lock(self.fd, wait)
         return self.locked
 
     def still_named(self) -> bool:
-        """Whether the locked metadata file is still the one at its name (not swept meanwhile)."""
-        current = _lstat(self.dir_fd, self.meta_name)
+        """Whether the locked partial is still the file at its name (not swept or
+        committed meanwhile)."""
+        current = _lstat(self.dir_fd, self.partial_name)
         return current is not None and _identity(current) == self.identity()
 
     def identity(self) -> tuple[int, int]:
-        """Device and inode of the metadata file: the claim's key."""
-        return _identity(os.fstat(self.meta_fd))
+        """Device and inode of the partial: the claim's key."""
+        return _identity(os.fstat(self.fd))
 
     def recorded_source(self) -> str | None:
-        """The ``source`` the current (or last) writer recorded."""
-        meta = _read_json(self.meta_fd)
+        """The ``source`` the current (or last) writer recorded, if it left a record."""
+        meta = self._read_record()
         source = meta.get("source") if meta else None
         return source if isinstance(source, str) else None
 
     def resumable_offset(self, size: int, source: str) -> int:
         """The offset a put of ``size`` bytes from ``source`` would resume from now (unclaimed)."""
-        fd = _open_own(self.dir_fd, self.meta_name, create=False)
-        if fd is None:
-            return 0
-        try:
-            meta = _read_json(fd)
-        finally:
-            os.close(fd)
+        meta = self._read_record()
         if meta is None or meta.get("filesize") != size or meta.get("source") != source:
             return 0
         return min(self.held(), size)
 
-    def close_meta(self) -> None:
-        if self.meta_fd >= 0:
-            os.close(self.meta_fd)  # releases the lock
-            self.meta_fd = -1
+    def close_partial(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)  # releases the lock
+            self.fd = -1
         self.locked = False
+
+    # -- the record ---------------------------------------------------------------
+
+    def _read_record(self) -> dict[str, Any] | None:
+        fd = _open_own(self.dir_fd, self.meta_name, create=False)
+        if fd is None:
+            return None
+        try:
+            return _read_json(fd)
+        finally:
+            os.close(fd)
+
+    def _record(self) -> None:
+        """Write the record: size, source and any checkpoint of the bytes held.
+
+        Written in place: a torn write fails to parse, which only means "start from
+        zero".  Never truncated to zero first: ext4 then flushes the file on close
+        (auto_da_alloc).
+        """
+        fd = _open_own(self.dir_fd, self.meta_name, create=True)
+        assert fd is not None
+        try:
+            data = json.dumps(self._meta).encode("utf-8")
+            os.pwrite(fd, data, 0)
+            os.ftruncate(fd, len(data))
+        finally:
+            os.close(fd)
+        self._recorded = True
+
+    def _unlink_record(self) -> None:
+        _unlink(self.dir_fd, self.meta_name)
+        self._recorded = False
 
     # -- the data -----------------------------------------------------------------
 
     def held(self) -> int:
         """Bytes in the partial now (0 if there is none or it is not the server's file)."""
+        if self.fd >= 0:
+            return os.fstat(self.fd).st_size
         info = _lstat(self.dir_fd, self.partial_name)
         return info.st_size if info is not None and st.S_ISREG(info.st_mode) else 0
 
@@ -182,26 +215,27 @@ class PartialUpload:
         info = _lstat(self.dir_fd, self.name)
         return info.st_size if info is not None and st.S_ISREG(info.st_mode) else 0
 
-    def prepare(self, size: int, source: str | None,
-                restart: bool = False) -> tuple[int, Checkpoint | None]:
-        """Make the partial ready to receive (the claim held); return the offset to resume
-        from and the hash checkpoint saved for the bytes before it, if any.
+    def prepare(self, size: int, source: str | None, restart: bool = False,
+                record_now: bool = False) -> tuple[int, Checkpoint | None]:
+        """Make the claimed partial ready to receive; return the offset to resume from
+        and the hash checkpoint saved for the bytes before it, if any.
 
-        A partial resumes only if it was started for the same ``size`` and a
-        non-empty ``source``; otherwise a new, empty one is created.
+        A partial resumes only if its record says it was started for the same
+        ``size`` and a non-empty ``source``; otherwise it starts again from empty.
+        A body of :data:`RECORD_FROM` bytes or more (any, with ``record_now``) is
+        recorded at once, so it resumes even after the server stops and others can
+        see its offset meanwhile; a smaller one only once it is cut.
         """
-        meta = _read_json(self.meta_fd) if source and not restart else None
-        resume = meta is not None and meta.get("filesize") == size and meta.get("source") == source
-        fd = _open_own(self.dir_fd, self.partial_name, create=False) if resume else None
-        if fd is None:
-            resume = False
-            _unlink(self.dir_fd, self.partial_name)
-            self.fd = os.open(self.partial_name, _CREATE, 0o666, dir_fd=self.dir_fd)
+        meta = self._read_record() if source and not restart else None
+        if meta is None or meta.get("filesize") != size or meta.get("source") != source:
+            if os.fstat(self.fd).st_size:
+                os.ftruncate(self.fd, 0)
+            self._unlink_record()
             self._meta = {"filesize": size, "source": source, "started": time.time()}
-            self._write_meta()
+            if source and (record_now or size >= RECORD_FROM):
+                self._record()
             return 0, None
-        assert meta is not None
-        self.fd, self._meta = fd, meta
+        self._meta, self._recorded = meta, True
         length = os.fstat(self.fd).st_size
         held = min(length, size)
         checkpoint = Checkpoint.from_json(meta.get("checkpoint"))
@@ -219,23 +253,16 @@ class PartialUpload:
         """Keep the hash state of the bytes held, once no more are written (the partial
         must stay as it is now for the state to be used).
 
-        A partial whose metadata cannot be written keeps what it had.
+        A partial whose record cannot be written keeps what it had.
         """
         if not reached or not reached.offset or self.fd < 0:
             return
         with contextlib.suppress(OSError):
             self._meta["checkpoint"] = reached.kept_for(self.fd).to_json()
-            self._write_meta()
-
-    def _write_meta(self) -> None:
-        # Written in place: a torn write fails to parse, which only means "start from zero".
-        # Never truncated to zero first: ext4 then flushes the file on close (auto_da_alloc).
-        data = json.dumps(self._meta).encode("utf-8")
-        os.pwrite(self.meta_fd, data, 0)
-        os.ftruncate(self.meta_fd, len(data))
+            self._record()
 
     def commit(self, sync: bool = True) -> os.stat_result:
-        """Move the complete partial to the final name in one step, forget its metadata,
+        """Move the complete partial to the final name in one step, forget its record,
         and return the stat of the file now under the name.
 
         Raises NotFound if the partial at the name is no longer this upload's file
@@ -243,37 +270,30 @@ class PartialUpload:
         """
         if sync:
             os.fsync(self.fd)
-        mine = os.fstat(self.fd)
-        current = _lstat(self.dir_fd, self.partial_name)
-        if current is None or _identity(current) != _identity(mine):
+        if not self.still_named():
             raise NotFound(f"the partial upload of {self.place.vpath} was replaced meanwhile")
         os.replace(self.partial_name, self.name, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
-        self._unlink_meta()
+        self.ended = True
+        self._unlink_record()
         return os.fstat(self.fd)
 
     def discard(self) -> None:
-        """Remove the partial (if it is this upload's) and its metadata."""
-        if self.fd >= 0:
-            current = _lstat(self.dir_fd, self.partial_name)
-            if current is not None and _identity(current) == _identity(os.fstat(self.fd)):
-                _unlink(self.dir_fd, self.partial_name)
-        self._unlink_meta()
-
-    def _unlink_meta(self) -> None:
-        if self.meta_fd >= 0:
-            current = _lstat(self.dir_fd, self.meta_name)
-            if current is not None and _identity(current) == self.identity():
-                _unlink(self.dir_fd, self.meta_name)
+        """Remove the partial (if it is this upload's) and its record."""
+        if self.fd >= 0 and self.still_named():
+            _unlink(self.dir_fd, self.partial_name)
+        self.ended = True
+        self._unlink_record()
 
     def close(self) -> None:
-        """Release the claim and every descriptor; a metadata file that records nothing
-        (the upload never started) goes too."""
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-        if self.locked and os.fstat(self.meta_fd).st_size == 0:
-            self._unlink_meta()
-        self.close_meta()
+        """Release the claim and every descriptor.  A partial left holding bytes keeps
+        a record (so a put of the same source resumes it); an empty one goes."""
+        if self.locked and not self.ended:
+            with contextlib.suppress(OSError):
+                if not os.fstat(self.fd).st_size:
+                    self.discard()
+                elif not self._recorded and self._meta.get("source"):
+                    self._record()
+        self.close_partial()
         self.place.close()
 
     def __enter__(self) -> PartialUpload:
@@ -290,7 +310,7 @@ class _Writer:
 
 
 class Claims:
-    """The uploads this process writes, by their metadata file, so a put resuming the
+    """The uploads this process writes, by their partial file, so a put resuming the
     same client file can end a writer whose client is gone (as after a Ctrl-C) instead
     of waiting for the server to notice."""
 
@@ -306,43 +326,51 @@ class Claims:
         writer resuming the same ``source`` takes over from it.
         """
         for _ in range(3):  # the file may be swept between open and lock: open it again
-            upload.open_meta()
+            upload.open_partial()
             if not (upload.lock() or self._take_over(upload, source)):
                 break
             if upload.still_named():
                 with self._lock:
                     self._writers[upload.identity()] = _Writer(source, connection)
                 return
-        upload.close_meta()
+        upload.close_partial()
         raise Busy(f"busy: {upload.place.vpath} is being uploaded by another client")
 
     def _take_over(self, upload: PartialUpload, source: str | None) -> bool:
-        if source is None or upload.recorded_source() != source:
+        """Wait for the writer of the same ``source`` (this process's: end its connection
+        first; another's: known by the record it left) to let go."""
+        if source is None:
             return False
         with self._lock:
             holder = self._writers.get(upload.identity())
-        if holder is not None and holder.connection is not None:
+        if holder is None:
+            if upload.recorded_source() != source:
+                return False
+        elif holder.source != source:
+            return False
+        elif holder.connection is not None:
             with contextlib.suppress(OSError):
                 holder.connection.shutdown(socket.SHUT_RDWR)
         return upload.lock(wait=TAKEOVER_WAIT)
 
     def release(self, upload: PartialUpload) -> None:
         """Forget ``upload``'s writer; closing the upload then releases the lock."""
-        if upload.meta_fd >= 0:
+        if upload.fd >= 0:
             with self._lock:
                 self._writers.pop(upload.identity(), None)
 
 
-def refuse_if_claimed(dir_fd: int, meta_name: str) -> bool:
-    """For :meth:`Storage.remove`: raise Busy if the partial upload whose metadata is
-    ``meta_name`` is being written; return False otherwise."""
+def refuse_if_claimed(dir_fd: int, partial_name: str) -> bool:
+    """For :meth:`Storage.remove`: raise Busy if the partial upload ``partial_name``
+    is being written; return False otherwise."""
     try:
-        fd = os.open(meta_name, _OPEN, dir_fd=dir_fd)
+        fd = os.open(partial_name, _OPEN, dir_fd=dir_fd)
     except OSError:
         return False
     try:
         if not try_lock(fd):
-            raise Busy(f"busy: an upload into this folder is in progress ({meta_name[1:-len(META_SUFFIX)]})")
+            raise Busy(f"busy: an upload into this folder is in progress "
+                       f"({partial_name[1:-len(PARTIAL_SUFFIX)]})")
     finally:
         os.close(fd)
     return False
@@ -370,23 +398,26 @@ def sweep_partials(storage: Storage, ttl: float) -> int:
 
 
 def _sweep_one(dir_fd: int, names: tuple[str, str], ttl: float, now: float) -> bool:
-    """Remove one partial and its metadata if no writer holds them (checked under its lock)."""
+    """Remove one partial and its record if no writer holds them (checked under the
+    partial's lock; a record is only written under it)."""
     partial, meta = names
     try:
-        fd = _open_own(dir_fd, meta, create=True)
+        fd = _open_own(dir_fd, partial, create=False)
     except OSError:
         return False
-    assert fd is not None
+    if fd is None:  # a record left alone
+        _unlink(dir_fd, meta)
+        return True
     try:
         if not try_lock(fd):
             return False  # a writer, here or in another process, holds it
-        current = _lstat(dir_fd, meta)
+        current = _lstat(dir_fd, partial)
         if current is None or _identity(current) != _identity(os.fstat(fd)):
             return False
-        if _age(dir_fd, (partial,), now) <= ttl and _lstat(dir_fd, partial) is not None:
+        if _age(dir_fd, names, now) <= ttl:
             return False
-        _unlink(dir_fd, partial)
         _unlink(dir_fd, meta)
+        _unlink(dir_fd, partial)
         return True
     finally:
         os.close(fd)

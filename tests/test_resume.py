@@ -29,7 +29,6 @@ from ftpclient.client import Client
 from ftpserver.config import Config
 from ftpserver.errors import Busy, FTPError
 from ftpserver.locks import try_lock
-from ftpserver.protocol import META_SUFFIX
 from ftpserver.server import FTPServer
 
 from helpers import (LOOPBACK, CuttingProxy, LoopbackListener, ServerProcess, md5_of, random_file,
@@ -94,11 +93,11 @@ def wait_released(server: FTPServer, name: str, timeout: float = 30.0) -> None:
     """
     assert server.anonymous_storage is not None
     folder, _, base = ("/" + name).rpartition("/")
-    meta = server.anonymous_storage.real(folder or "/") / f".{base}{META_SUFFIX}"
+    partial = server.anonymous_storage.real(folder or "/") / f".{base}{PARTIAL}"
 
     def free() -> bool:
         try:
-            fd = os.open(meta, os.O_RDWR)
+            fd = os.open(partial, os.O_RDWR)
         except FileNotFoundError:
             return True
         try:

@@ -66,7 +66,6 @@ _KEY = re.compile(r"[!-+\--~]+")  # printable ASCII but space and comma, as tus 
 _DIGITS = re.compile(r"[0-9]{1,19}")
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
-_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 _MAX_LENGTH = 2**63 - 1
 
 
@@ -232,8 +231,8 @@ class TusUploads:
         if offset + count > record.length:
             raise ProtocolError(f"{offset} + {count} bytes go past the upload's length "
                                 f"{record.length}")
-        with session.upload(record.path, record.length, record.source,
-                            connection=connection) as upload:
+        with session.upload(record.path, record.length, record.source, connection=connection,
+                            record_now=True) as upload:  # a HEAD tells its offset meanwhile
             if upload.offset != offset:
                 raise StaleOffset(f"the upload holds {upload.offset} bytes, not {offset}")
             hasher = CHECKSUMS[checksum[0]]() if checksum else None
@@ -308,12 +307,9 @@ class TusUploads:
                 PartialUpload(storage.upload_place(record.path)) as partial:
             session.claims.claim(partial, record.source, connection)
             try:
-                if partial.recorded_source() != record.source:
+                if partial.held() and partial.recorded_source() != record.source:
                     return  # another writer's partial now: not ours to remove
-                with contextlib.suppress(FileNotFoundError):
-                    partial.fd = os.open(partial.partial_name, os.O_RDONLY | _NOFOLLOW
-                                         | _NONBLOCK | _CLOEXEC, dir_fd=partial.dir_fd)
-                held = os.fstat(partial.fd).st_size if partial.fd >= 0 else 0
+                held = partial.held()
                 partial.discard()
                 if session.ledger and held:
                     session.ledger.add(-held)
