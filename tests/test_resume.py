@@ -331,6 +331,33 @@ def test_cut_upload_leaves_partial_and_rerun_sends_only_the_rest(
     assert partial_files(storage_root) == []
 
 
+def test_a_small_put_is_one_new_file_until_cut_and_a_large_one_is_recorded_from_the_start(
+        server: FTPServer, port: int, storage_root: Path) -> None:
+    # A folder of small files costs one new file each on the server; what a cut
+    # needs to resume is written when the cut comes.
+    for name, size, recorded_at_once in (("small.bin", 300_000, False), ("large.bin", 2 * MiB, True)):
+        data = os.urandom(size)
+        partial, meta = server_partial(storage_root, name)
+        with raw_connect(port) as sock:
+            send_frame(sock, {"cmd": "put", "filename": name, "filesize": size,
+                              "resume": True, "source": "tag-1"})
+            assert recv_frame(sock)["offset"] == 0
+            sock.sendall(data[:100_000])
+            wait_until(lambda: size_or_zero(partial) == 100_000, what="the body's first bytes")
+            assert meta.exists() is recorded_at_once
+        wait_released(server, name)
+        assert partial.is_file() and meta.is_file()
+        with raw_connect(port) as sock:
+            send_frame(sock, {"cmd": "put", "filename": name, "filesize": size,
+                              "resume": True, "source": "tag-1"})
+            assert recv_frame(sock)["offset"] == 100_000
+            sock.sendall(data[100_000:])
+            send_frame(sock, {"md5": hashlib.md5(data).hexdigest()})
+            assert recv_frame(sock)["ok"] is True
+        assert (storage_root / name).read_bytes() == data
+    assert partial_files(storage_root) == []
+
+
 def test_cut_download_leaves_local_partial_and_rerun_sends_only_the_rest(
         server: FTPServer, port: int, storage_root: Path, local: Path) -> None:
     name = "cut-down.bin"
