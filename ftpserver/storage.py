@@ -316,6 +316,14 @@ class Storage:
                 if is_reserved(name):  # also where a link leads
                     raise PathError(f"reserved name: {vpath}")
                 last = not todo
+                if not last:  # most often a plain folder: open it at once
+                    try:
+                        stack.append(os.open(name, _FOLDER_FLAGS, dir_fd=stack[-1]))
+                    except OSError:
+                        pass  # a link, a file, a missing or decomposed name: looked at below
+                    else:
+                        self._check_folder(stack[-1], vpath)
+                        continue
                 name, info = self._lookup(stack[-1], name)
                 if info is not None and st.S_ISLNK(info.st_mode) and (follow or not last):
                     links += 1
@@ -338,7 +346,7 @@ class Storage:
                 if not st.S_ISDIR(info.st_mode):
                     raise NotADirectory(f"{NotADirectory().message}: {vpath}")
                 stack.append(os.open(name, _FOLDER_FLAGS, dir_fd=stack[-1]))
-                self._check_not_excluded(os.fstat(stack[-1]), vpath)
+                self._check_folder(stack[-1], vpath)
             return Place(stack.pop(), ".", vpath)
         finally:
             for fd in stack:
@@ -368,6 +376,11 @@ class Storage:
         if target != root and not target.startswith(root.rstrip("/") + "/"):
             raise PathError(f"path outside the root: {vpath}")
         return target[len(root):].split("/")
+
+    def _check_folder(self, fd: int, vpath: str) -> None:
+        """:meth:`_check_not_excluded` for an open folder."""
+        if self.excluded:
+            self._check_not_excluded(os.fstat(fd), vpath)
 
     def _check_not_excluded(self, info: os.stat_result, vpath: str) -> None:
         """Another account's root is not there for this one (NotFound, as for a missing name)."""
