@@ -19,6 +19,7 @@ import ctypes
 import errno
 import functools
 import os
+import re
 import stat as st
 import sys
 import time
@@ -54,6 +55,8 @@ _DIRECTORY = getattr(os, "O_DIRECTORY", 0)
 #: Opening a folder found in a held folder: a link swapped in meanwhile fails (ELOOP/ENOTDIR).
 _FOLDER_FLAGS = os.O_RDONLY | _DIRECTORY | _NOFOLLOW | _CLOEXEC
 _RESERVED_SUFFIXES = (PARTIAL_SUFFIX, META_SUFFIX)
+#: Control characters (C0, DEL, C1) and the backslash: never in a name.
+_FORBIDDEN = re.compile(r"[\x00-\x1f\x7f-\x9f\\]")
 #: Seconds the identities of other accounts' roots are trusted before they are looked up again.
 _EXCLUDED_TTL = 2.0
 
@@ -79,7 +82,7 @@ def _os_errors(vpath: str) -> Iterator[None]:
 
 def _check_name(name: str) -> None:
     """Raise PathError unless ``name`` is a component a client may use."""
-    if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in name) or "\\" in name:
+    if _FORBIDDEN.search(name):
         raise PathError("control character or backslash in path")
     try:
         size = len(name.encode("utf-8"))
@@ -104,6 +107,19 @@ def _walk(parts: list[str], path: str) -> list[str]:
             _check_name(name)
             parts.append(name)
     return parts
+
+
+@functools.lru_cache(maxsize=1024)  # a request resolves its path several times
+def _virtual(cwd: str, path: str) -> str:
+    """:meth:`Storage.virtual` of two strings."""
+    path = unicodedata.normalize("NFC", path)
+    if len(path.encode("utf-8", "surrogatepass")) > MAX_PATH_BYTES:
+        raise PathError(f"path longer than {MAX_PATH_BYTES} bytes")
+    base = [] if path.startswith("/") else _walk([], cwd)
+    vpath = "/" + "/".join(_walk(base, path))
+    if len(vpath.encode("utf-8")) > MAX_PATH_BYTES:
+        raise PathError(f"path longer than {MAX_PATH_BYTES} bytes")
+    return vpath
 
 
 def _split(vpath: str) -> tuple[str, str]:
@@ -258,14 +274,7 @@ class Storage:
         """
         if not isinstance(cwd, str) or not isinstance(path, str):
             raise ProtocolError("path must be a string")
-        path = unicodedata.normalize("NFC", path)
-        if len(path.encode("utf-8", "surrogatepass")) > MAX_PATH_BYTES:
-            raise PathError(f"path longer than {MAX_PATH_BYTES} bytes")
-        base = [] if path.startswith("/") else _walk([], cwd)
-        vpath = "/" + "/".join(_walk(base, path))
-        if len(vpath.encode("utf-8")) > MAX_PATH_BYTES:
-            raise PathError(f"path longer than {MAX_PATH_BYTES} bytes")
-        return vpath
+        return _virtual(cwd, path)
 
     def real(self, vpath: str) -> Path:
         """Return the real path ``vpath`` names now, for messages and tests (actions go
