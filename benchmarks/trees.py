@@ -557,7 +557,7 @@ class TreeBench:
             return []
         if self.version:
             fsync = ("rsync runs without `--fsync` (the --fsync columns add it to put and get; "
-                     "ours fsyncs every file the server stores, the client none it gets)"
+                     "ours fsyncs every file it stores, the server on put and the client on get)"
                      if self.has_fsync else
                      "rsync runs without `--fsync` (this rsync has no --fsync: 3.2.4+)")
             head = (f"Folder transfers beside rsync {self.version}: rsync daemon on 127.0.0.1, "

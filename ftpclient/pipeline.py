@@ -287,10 +287,12 @@ def get_files(client: Client, jobs: list[Job], *, restart: bool = False, checksu
             in_flight.append((job, partial, checkpoint, fresh))
 
     held: list[tuple[Job, TransferResult, PartialDownload]] = []
+    held_bytes = 0
 
     def commit_held() -> None:
         """Flush the verified files to disk together, then give them their names."""
-        group, held[:] = list(held), []
+        nonlocal held_bytes
+        group, held[:], held_bytes = list(held), [], 0
         try:
             _sync_paths([partial.path for _, _, partial in group])
         except OSError as error:
@@ -334,7 +336,8 @@ def get_files(client: Client, jobs: list[Job], *, restart: bool = False, checksu
             finished(job, None)
         else:
             held.append((job, result, partial))
-            if len(held) >= WINDOW_FILES or sum(r.size for _, r, _ in held) >= WINDOW_BYTES:
+            held_bytes += result.size
+            if len(held) >= WINDOW_FILES or held_bytes >= WINDOW_BYTES:
                 commit_held()
         fill()  # keep the window full while the next one arrives
     commit_held()
