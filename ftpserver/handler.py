@@ -16,10 +16,10 @@ import socket
 import socketserver
 import ssl
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable
 
 from .auth import ScramServer
-from .digest import HASHES, Checkpoint, available, version_tag
+from .digest import HASHES, Checkpoint, available, new_hash, version_tag
 from .errors import (AuthFailed, ChecksumError, ConnectionLost, FramingError, FTPError,
                      InternalError, NotFound, ProtocolError, QuotaExceeded, UnknownCommand)
 from .protocol import (bool_field, encode_frame, error_reply, int_field, loggable, ok_reply,
@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 _COMMAND = re.compile(r"[a-z][a-z0-9_]{0,31}")
 #: Entries per ``ls`` reply frame, well inside the header limit.
 LS_BATCH = 100
+#: Files of at most this many bytes are sent by a get in one write: reply, bytes, trailer.
+SMALL_GET = 64 * 1024
 #: Seconds a TLS client has to finish its handshake (at most ``idle_timeout``).
 HANDSHAKE_TIMEOUT = 10.0
 
@@ -265,9 +267,13 @@ class FTPHandler(BatchedCommands, socketserver.StreamRequestHandler):
             if offset > size or (offset and source != tag):
                 offset = 0  # the file changed since the partial was started: restart
             digest = self.server.digests.get(before, algorithm)
+            reply = ok_reply(filename=vpath, filesize=size, offset=offset, source=tag,
+                             hash=algorithm, mtime_ns=before.st_mtime_ns)
+            if size <= SMALL_GET and self._send_small(file, before, reply, digest, algorithm):
+                self.subject, self.moved = vpath, size - offset
+                return
             hasher = None if digest else FileHasher(file, size, hash=algorithm)
-            self.send(ok_reply(filename=vpath, filesize=size, offset=offset, source=tag,
-                               hash=algorithm, mtime_ns=before.st_mtime_ns))
+            self.send(reply)
             self.mid_body = True  # from here an error can only end the connection
             try:
                 send_body(self.connection, file, offset, size - offset)
@@ -280,6 +286,22 @@ class FTPHandler(BatchedCommands, socketserver.StreamRequestHandler):
         self.mid_body = False
         self.subject, self.moved = vpath, size - offset
         self.send(ok_reply(**{algorithm: digest}))
+
+    def _send_small(self, file: BinaryIO, before: os.stat_result, reply: dict[str, Any],
+                    digest: str | None, algorithm: str) -> bool:
+        """Send a small file's reply, bytes and trailer in one write, hashed from memory;
+        False (nothing sent) if it no longer holds the bytes its stat promised."""
+        size, offset = reply["filesize"], reply["offset"]
+        data = os.pread(file.fileno(), size, 0)
+        if len(data) != size:
+            return False
+        if digest is None:
+            hasher = new_hash(algorithm)
+            hasher.update(data)
+            digest = self.server.digests.put_unchanged(file, before, hasher.hexdigest(), algorithm)
+        self.commits.wait()
+        self.wfile.write(encode_frame(reply) + data[offset:] + encode_frame(ok_reply(**{algorithm: digest})))
+        return True
 
     def do_put(self, header: dict[str, Any]) -> dict[str, Any] | None:
         """Receive a file into a partial, verify its hash (md5 unless ``hash`` names

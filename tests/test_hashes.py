@@ -85,6 +85,25 @@ def test_raw_put_and_get_with_sha256(port: int, storage_root: Path) -> None:
     assert (storage_root / "raw.bin").read_bytes() == body
 
 
+@pytest.mark.parametrize("size", [1000, 64 * 1024, 64 * 1024 + 1])
+def test_raw_get_of_a_small_file_from_an_offset(port: int, storage_root: Path, size: int) -> None:
+    # Small files go as one write (reply, bytes, trailer); larger ones by sendfile.
+    body = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    (storage_root / "small.bin").write_bytes(body)
+    for name in ("md5", "sha256"):
+        with connect(port) as sock:
+            first = ask(sock, {"cmd": "get", "filename": "small.bin", "hash": name})
+            assert first["filesize"] == size and first["offset"] == 0
+            assert recv_exact(sock, size) == body
+            assert recv_frame(sock) == {"ok": True, name: hashlib.new(name, body).hexdigest()}
+            reply = ask(sock, {"cmd": "get", "filename": "small.bin", "hash": name,
+                               "offset": 400, "source": first["source"]})
+            assert reply["offset"] == 400
+            assert recv_exact(sock, size - 400) == body[400:]
+            assert recv_frame(sock) == {"ok": True, name: hashlib.new(name, body).hexdigest()}
+            assert ask(sock, {"cmd": "pwd"})["ok"] is True
+
+
 def test_unknown_hash_is_a_bad_request_and_the_connection_goes_on(port: int) -> None:
     with connect(port) as sock:
         reply = ask(sock, {"cmd": "get", "filename": "nothing.bin", "hash": "sha1"})
