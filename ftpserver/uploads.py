@@ -10,10 +10,11 @@ is recorded when it starts, so it resumes even after the server stops; a small o
 only when it is cut, so a folder of small files costs one new file each.
 
 Both files are opened through their folder's descriptor, never following a link,
-and created with ``O_EXCL``: a link or a hard link planted at either name is
-removed, never written through.  The writer holds a lock on the partial itself
-(:mod:`ftpserver.locks`), so the claim follows the file (a folder renamed
-meanwhile takes its claim along) and holds across every server process on the root.
+and created with ``O_EXCL``: a link, a hard link or another user's file planted at
+either name is removed, never written through.  The writer holds a lock on the
+partial itself (:mod:`ftpserver.locks`), so the claim follows the file (a folder
+renamed meanwhile takes its claim along) and holds across every server process on
+the root; the record is written and removed only under that lock.
 """
 from __future__ import annotations
 
@@ -64,10 +65,12 @@ def _lstat(dir_fd: int, name: str) -> os.stat_result | None:
 
 
 def _open_own(dir_fd: int, name: str, create: bool) -> int | None:
-    """Open the regular file ``name`` that only the server links to, or create it fresh.
+    """Open the regular file ``name`` that the server owns and alone links to, or
+    create it fresh.
 
-    Anything else at the name (a link, a hard link to another file, a FIFO, a
-    folder) is removed first.  Returns None if there is no file and not ``create``.
+    Anything else at the name (a link, a hard link to another file, another
+    user's file, a FIFO, a folder) is removed first.  Returns None if there is no
+    file and not ``create``.
     """
     for _ in range(3):  # another writer may create the name between our two opens
         try:
@@ -81,7 +84,7 @@ def _open_own(dir_fd: int, name: str, create: bool) -> int | None:
             _unlink(dir_fd, name)
         if fd is not None:
             info = os.fstat(fd)
-            if st.S_ISREG(info.st_mode) and info.st_nlink == 1:
+            if st.S_ISREG(info.st_mode) and info.st_nlink == 1 and info.st_uid == os.geteuid():
                 return fd
             os.close(fd)
             _unlink(dir_fd, name)
@@ -185,8 +188,11 @@ class PartialUpload:
 
         Written in place: a torn write fails to parse, which only means "start from
         zero".  Never truncated to zero first: ext4 then flushes the file on close
-        (auto_da_alloc).
+        (auto_da_alloc).  Only while the partial at the name is this upload's: a
+        record is written under the partial's lock.
         """
+        if not self.still_named():
+            return
         fd = _open_own(self.dir_fd, self.meta_name, create=True)
         assert fd is not None
         try:
@@ -272,17 +278,17 @@ class PartialUpload:
             os.fsync(self.fd)
         if not self.still_named():
             raise NotFound(f"the partial upload of {self.place.vpath} was replaced meanwhile")
+        self._unlink_record()  # while the lock still covers the name
         os.replace(self.partial_name, self.name, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
         self.ended = True
-        self._unlink_record()
         return os.fstat(self.fd)
 
     def discard(self) -> None:
-        """Remove the partial (if it is this upload's) and its record."""
+        """Remove the partial and its record, if the partial is still this upload's."""
         if self.fd >= 0 and self.still_named():
+            self._unlink_record()
             _unlink(self.dir_fd, self.partial_name)
         self.ended = True
-        self._unlink_record()
 
     def close(self) -> None:
         """Release the claim and every descriptor.  A partial left holding bytes keeps
@@ -405,7 +411,9 @@ def _sweep_one(dir_fd: int, names: tuple[str, str], ttl: float, now: float) -> b
         fd = _open_own(dir_fd, partial, create=False)
     except OSError:
         return False
-    if fd is None:  # a record left alone
+    if fd is None:  # a record left alone (unless a writer has just started it again)
+        if _age(dir_fd, (meta,), now) <= ttl:
+            return False
         _unlink(dir_fd, meta)
         return True
     try:

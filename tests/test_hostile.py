@@ -166,6 +166,30 @@ def test_cli_put_never_writes_through_a_planted_link(which: str, port: int, stor
         assert len(done.stderr.strip().splitlines()) == 1, done.stderr
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="planting another user's file needs root")
+@pytest.mark.parametrize("which", PLANTED)
+def test_a_file_another_user_planted_at_a_partial_name_never_becomes_the_upload(
+        which: str, port: int, storage_root: Path, local: Path) -> None:
+    # A neighbour who may write into the folder plants a world-writable file at the
+    # partial's (or its record's) name and keeps it open, hoping to edit the stored
+    # file after it was verified.
+    planted = storage_root / PLANTED[which].format("report.txt")
+    planted.write_bytes(b"")
+    os.chown(planted, 65534, 65534)
+    planted.chmod(0o666)
+    data = b"verified upload\n" * 100_000  # a body that is recorded from its start
+    (local / "report.txt").write_bytes(data)
+    with open(planted, "r+b") as kept:
+        done = run_cli(port, "-q", "put", "report.txt", cwd=local)
+        assert done.returncode == 0, done.stderr
+        stored = storage_root / "report.txt"
+        assert os.stat(stored).st_ino != os.fstat(kept.fileno()).st_ino
+        assert stored.stat().st_uid == os.geteuid()
+        kept.write(b"EVIL")
+        kept.flush()
+    assert stored.read_bytes() == data
+
+
 def test_put_onto_a_link_to_outside_never_writes_through(port: int, storage_root: Path,
                                                          outside: Path) -> None:
     # Holds today (the put is refused); test_hardening also expects a refusal here.
