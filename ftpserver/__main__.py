@@ -94,7 +94,9 @@ def _serve(args: argparse.Namespace) -> int:
                  f"<this machine's LAN address>:{web.server_address[1]}/)" if wildcard else "")
     for each in servers:
         threading.Thread(target=each.serve_forever, name="accept", daemon=True).start()
-    while not stop.wait(3600):
+    # A signal may reach any thread, and its handler then waits for this one to run
+    # Python code: wake up often enough for a stop to be prompt.
+    while not stop.wait(0.25):
         pass
     log.info("stopping")
     for each in servers:
