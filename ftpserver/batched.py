@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 from typing import TYPE_CHECKING, Any, Callable
 
-from .errors import ChecksumError, ConnectionLost, FTPError, NotFound, ProtocolError, StaleOffset
+from .errors import ChecksumError, ConnectionLost, FTPError, ProtocolError, StaleOffset
 from .fields import check_trailer, digest_field, hash_name, source_field
 from .protocol import bool_field, int_field, ok_reply, printable, read_frame, shorten, text_field
 from .session import Upload
@@ -151,10 +151,7 @@ class BatchedCommands:
         source = text_field(entry, "source")
         mtime_ns = int_field(entry, "mtime_ns", None)
         digest = digest_field(entry, algorithm, required=False)
-        try:
-            vpath, there = self.session.stat(name)
-        except NotFound:
-            there = None
+        vpath, there, offset = self.session.planned_put(name, size, source)
         if there is not None and there.type == "file" and there.size == size:
             if digest is None and mtime_ns is not None and there.mtime_ns == mtime_ns:
                 return {"offset": size, "same": True}
@@ -162,4 +159,4 @@ class BatchedCommands:
                 with self.session.open_read(vpath)[1] as file:
                     if self.server.file_digest(file, algorithm) == digest:
                         return {"offset": size, "same": True}
-        return {"offset": self.session.resume_offset(name, size, source)}
+        return {"offset": offset}

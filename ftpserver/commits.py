@@ -103,9 +103,13 @@ class CommitGroup:
             if self.sync:
                 sync_all([item.upload.partial.fd for item in pending])
             folders: dict[tuple[int, int], int] = {}
+            unmoved: dict[tuple[str, tuple[int, int]], bool] = {}  # each folder checked once
             for index, item in enumerate(pending):
+                key = item.upload.folder_key()
+                if key not in unmoved:
+                    unmoved[key] = item.upload.folder_unmoved()
                 try:
-                    info = item.upload.commit(sync=False)
+                    info = item.upload.commit(sync=False, folder_checked=unmoved[key])
                 except NotFound as error:  # its folder moved: the partial stays, resumable there
                     replies[index] = error_reply(error)
                     continue

@@ -120,6 +120,15 @@ class Session:
         with PartialUpload(storage.upload_place(storage.virtual(self.cwd, path))) as partial:
             return partial.resumable_offset(size, source)
 
+    def planned_put(self, path: str, size: int, source: str) -> tuple[str, Entry | None, int]:
+        """For a put of ``path`` planned ahead: its virtual path, what is there now (None
+        if nothing) and where a put of ``size`` bytes from ``source`` would resume."""
+        storage = self.writable()
+        with PartialUpload(storage.upload_place(storage.virtual(self.cwd, path))) as partial:
+            info = partial.place.lstat()
+            there = Entry.from_stat(partial.name, info) if info is not None else None
+            return partial.place.vpath, there, partial.resumable_offset(size, source)
+
     def upload(self, path: str, size: int, source: str | None = None, restart: bool = False,
                connection: socket.socket | None = None, record_now: bool = False) -> Upload:
         """Start a put of ``size`` bytes to ``path`` (use it as a context manager).
@@ -184,22 +193,31 @@ class Upload:
         if mtime_ns is not None:
             os.utime(self.partial.fd, ns=(time.time_ns(), mtime_ns))
 
-    def commit(self, sync: bool = True) -> os.stat_result:
+    def folder_key(self) -> tuple[str, tuple[int, int]]:
+        """Its folder's path and identity when the upload began."""
+        return self.vpath.rpartition("/")[0] or "/", self._folder
+
+    def folder_unmoved(self) -> bool:
+        """Whether its folder is still where it was when the upload began."""
+        parent, identity = self.folder_key()
+        return self.session.files().same_folder(parent, identity)
+
+    def commit(self, sync: bool = True, folder_checked: bool = False) -> os.stat_result:
         """Put the complete, verified partial under its name; return that file's stat.
 
         With ``sync``, the file is flushed to disk first (its new name reaches the
         disk with the file system's next journal commit; a power cut before that
         leaves the complete partial, which a rerun commits without resending);
         without, the caller has flushed it and flushes the folder after, as a group
-        commit does (:mod:`ftpserver.commits`).
+        commit does (:mod:`ftpserver.commits`, which also checks each folder once:
+        ``folder_checked``).
         Raises NotFound if its folder was moved or removed meanwhile (the partial
         stays, resumable at the folder's new place), QuotaExceeded if the file it
         was to replace went elsewhere and the account would end over its quota.
         """
-        parent = self.vpath.rpartition("/")[0] or "/"
-        if not self.session.files().same_folder(parent, self._folder):
-            raise NotFound(f"the folder {parent} was moved or removed during the upload of "
-                           f"{self.vpath}; nothing was put there")
+        if not folder_checked and not self.folder_unmoved():
+            raise NotFound(f"the folder {self.folder_key()[0]} was moved or removed during the "
+                           f"upload of {self.vpath}; nothing was put there")
         replaced = self.partial.replaced()
         if self.ledger:
             self.ledger.check_commit(replaced, self._credit)

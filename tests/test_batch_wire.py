@@ -126,3 +126,27 @@ def test_a_streamed_put_with_an_unreadable_size_ends_the_connection(sock: socket
                             "source": "t"}))
     assert recv_frame(sock)["error"] == "bad_request"
     assert sock.recv(1) == b""
+
+
+def test_a_folder_moved_while_its_files_wait_for_the_group_commit(sock: socket.socket,
+                                                                  storage_root: Path) -> None:
+    # The check that a file's folder is still where it was is made once per folder of
+    # a group: every file of the moved folder is refused, the others are committed.
+    (storage_root / "a").mkdir()
+    (storage_root / "b").mkdir()
+    data = {name: os.urandom(3000) for name in ("a/x1", "a/x2", "b/y", "b/z")}
+    sock.sendall(b"".join(streamed(name, data[name], more=True) for name in ("a/x1", "b/y", "a/x2")))
+    held = storage_root / "a" / ".x2.ftp-partial"
+    deadline = time.monotonic() + 20
+    while not (held.exists() and held.stat().st_size == 3000) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    (storage_root / "a").rename(storage_root / "a2")
+    sock.sendall(streamed("b/z", data["b/z"], more=False))
+    replies = [recv_frame(sock) for _ in range(4)]
+    assert [r.get("error") for r in replies] == ["not_found", None, "not_found", None]
+    assert "moved or removed" in replies[0]["message"] and "/a/x1" in replies[0]["message"]
+    assert "/a/x2" in replies[2]["message"]
+    assert [(storage_root / "b" / n).read_bytes() for n in ("y", "z")] == [data["b/y"], data["b/z"]]
+    assert not [p for p in (storage_root / "a2").iterdir() if not p.name.startswith(".")]
+    reply = ask(sock, {"cmd": "plan", "files": [{"name": "a2/x1", "size": 3000, "source": "tag"}]})
+    assert reply["files"] == [{"offset": 3000}]  # the partial stays, resumable where it went
