@@ -239,8 +239,8 @@ class Upload:
         if self._counted and not self._done and self.ledger:
             self.ledger.add(self.partial.held() - self.size)
         self._counted = False
-        self.session.claims.release(self.partial)
         self.partial.close()
+        self.session.claims.release(self.partial)
 
     def __enter__(self) -> Upload:
         return self

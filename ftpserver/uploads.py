@@ -127,6 +127,8 @@ class PartialUpload:
         self.fd = -1
         self.locked = False
         self.ended = False
+        #: The claim's key and writer in :class:`Claims`, while this upload has one.
+        self.claim: tuple[tuple[int, int], _Writer] | None = None
         self._meta: dict[str, Any] = {}
         self._recorded = False
 
@@ -336,8 +338,9 @@ class Claims:
             if not (upload.lock() or self._take_over(upload, source)):
                 break
             if upload.still_named():
+                upload.claim = (upload.identity(), _Writer(source, connection))
                 with self._lock:
-                    self._writers[upload.identity()] = _Writer(source, connection)
+                    self._writers[upload.claim[0]] = upload.claim[1]
                 return
         upload.close_partial()
         raise Busy(f"busy: {upload.place.vpath} is being uploaded by another client")
@@ -360,10 +363,14 @@ class Claims:
         return upload.lock(wait=TAKEOVER_WAIT)
 
     def release(self, upload: PartialUpload) -> None:
-        """Forget ``upload``'s writer; closing the upload then releases the lock."""
-        if upload.fd >= 0:
+        """Forget ``upload``'s writer, once the upload is closed (which releases the
+        lock): until then a put of the same source can tell whom to take over from."""
+        if upload.claim is not None:
+            key, writer = upload.claim
             with self._lock:
-                self._writers.pop(upload.identity(), None)
+                if self._writers.get(key) is writer:  # not a writer that came since
+                    del self._writers[key]
+            upload.claim = None
 
 
 def refuse_if_claimed(dir_fd: int, partial_name: str) -> bool:

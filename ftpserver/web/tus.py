@@ -303,10 +303,10 @@ class TusUploads:
         """Remove the upload's partial if it is still this upload's (claimed, as a put
         claims it, but never made afresh as :class:`Upload` would)."""
         storage = session.files()
-        with contextlib.suppress(NotFound, IsADirectory, NotADirectory), \
-                PartialUpload(storage.upload_place(record.path)) as partial:
-            session.claims.claim(partial, record.source, connection)
+        with contextlib.suppress(NotFound, IsADirectory, NotADirectory):
+            partial = PartialUpload(storage.upload_place(record.path))
             try:
+                session.claims.claim(partial, record.source, connection)
                 if partial.held() and partial.recorded_source() != record.source:
                     return  # another writer's partial now: not ours to remove
                 held = partial.held()
@@ -314,6 +314,7 @@ class TusUploads:
                 if session.ledger and held:
                     session.ledger.add(-held)
             finally:
+                partial.close()
                 session.claims.release(partial)
 
 
