@@ -129,6 +129,8 @@ def ok_reply(**fields: Any) -> dict[str, Any]:
 
 def printable(text: str) -> str:
     """Return ``text`` as one printable line: control characters and lone surrogates escaped."""
+    if text.isprintable():
+        return text
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
