@@ -150,3 +150,47 @@ def test_a_folder_moved_while_its_files_wait_for_the_group_commit(sock: socket.s
     assert not [p for p in (storage_root / "a2").iterdir() if not p.name.startswith(".")]
     reply = ask(sock, {"cmd": "plan", "files": [{"name": "a2/x1", "size": 3000, "source": "tag"}]})
     assert reply["files"] == [{"offset": 3000}]  # the partial stays, resumable where it went
+
+
+def test_no_file_takes_its_name_before_its_bytes_are_on_disk(sock: socket.socket, storage_root: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    # The order the code follows, seen by wrapping the two calls (the server runs in this
+    # process): each file flushed, then renamed; its folder flushed after the renames and
+    # before the replies; a single put flushed before its rename too.
+    events: list[tuple[str, int]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        real_fsync(fd)
+        events.append(("flushed", os.fstat(fd).st_ino))
+
+    def replace(src: str, dst: str, *, src_dir_fd: int | None = None,
+                dst_dir_fd: int | None = None) -> None:
+        inode = os.stat(src, dir_fd=src_dir_fd, follow_symlinks=False).st_ino
+        real_replace(src, dst, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd)
+        events.append(("renamed", inode))
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    (storage_root / "sub").mkdir()
+    files = {f"sub/f{i:02}.bin": os.urandom(5000 + i) for i in range(20)}
+    sock.sendall(b"".join(streamed(name, data, more=i < len(files) - 1)
+                          for i, (name, data) in enumerate(files.items())))
+    assert all(recv_frame(sock)["ok"] for _ in files)
+    seen = list(events)  # all that happened before the last reply was sent
+    renamed = [i for i, (kind, _) in enumerate(seen) if kind == "renamed"]
+    assert len(renamed) == len(files)
+    for at in renamed:
+        assert ("flushed", seen[at][1]) in seen[:at], f"renamed before flushed: {seen}"
+    folder = (storage_root / "sub").stat().st_ino
+    assert ("flushed", folder) in seen[renamed[-1]:]
+    assert {seen[at][1] for at in renamed} == {(storage_root / n).stat().st_ino for n in files}
+
+    events.clear()
+    data = os.urandom(300_000)
+    assert ask(sock, {"cmd": "put", "filename": "one.bin", "filesize": len(data), "resume": True,
+                      "source": "s"})["offset"] == 0
+    sock.sendall(data + raw_frame({"md5": hashlib.md5(data).hexdigest()}))
+    assert recv_frame(sock)["ok"] is True
+    inode = (storage_root / "one.bin").stat().st_ino
+    assert events.index(("flushed", inode)) < events.index(("renamed", inode))
