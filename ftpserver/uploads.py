@@ -10,8 +10,9 @@ is recorded when it starts, so it resumes even after the server stops; a small o
 only when it is cut, so a folder of small files costs one new file each.
 
 Both files are opened through their folder's descriptor, never following a link,
-and created with ``O_EXCL``: a link, a hard link or another user's file planted at
-either name is removed, never written through.  The writer holds a lock on the
+and created with ``O_EXCL``: a link, a hard link or a file of a user other than the
+server's or the folder's owner planted at either name is removed, never written
+through.  The writer holds a lock on the
 partial itself (:mod:`ftpserver.locks`), so the claim follows the file (a folder
 renamed meanwhile takes its claim along) and holds across every server process on
 the root; the record is written and removed only under that lock.
@@ -68,9 +69,9 @@ def _open_own(dir_fd: int, name: str, create: bool) -> int | None:
     """Open the regular file ``name`` that the server owns and alone links to, or
     create it fresh.
 
-    Anything else at the name (a link, a hard link to another file, another
-    user's file, a FIFO, a folder) is removed first.  Returns None if there is no
-    file and not ``create``.
+    Anything else at the name (a link, a hard link to another file, a file of a
+    user other than the server or the folder's owner, a FIFO, a folder) is removed
+    first.  Returns None if there is no file and not ``create``.
     """
     for _ in range(3):  # another writer may create the name between our two opens
         try:
@@ -84,7 +85,7 @@ def _open_own(dir_fd: int, name: str, create: bool) -> int | None:
             _unlink(dir_fd, name)
         if fd is not None:
             info = os.fstat(fd)
-            if st.S_ISREG(info.st_mode) and info.st_nlink == 1 and info.st_uid == os.geteuid():
+            if st.S_ISREG(info.st_mode) and info.st_nlink == 1 and _owned(info, dir_fd):
                 return fd
             os.close(fd)
             _unlink(dir_fd, name)
@@ -95,6 +96,12 @@ def _open_own(dir_fd: int, name: str, create: bool) -> int | None:
         except FileExistsError:
             continue
     raise Busy(f"busy: {name} keeps changing")
+
+
+def _owned(info: os.stat_result, dir_fd: int) -> bool:
+    """Whether a file is the server's: its user, or that of the folder (as where an NFS
+    server maps the server's own files to another user, root's to nobody)."""
+    return info.st_uid == os.geteuid() or info.st_uid == os.fstat(dir_fd).st_uid
 
 
 def _unlink(dir_fd: int, name: str) -> None:

@@ -358,6 +358,23 @@ def test_a_small_put_is_one_new_file_until_cut_and_a_large_one_is_recorded_from_
     assert partial_files(storage_root) == []
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="changing owners needs root")
+def test_a_partial_owned_like_its_folder_resumes(server: FTPServer, port: int,
+                                                 storage_root: Path) -> None:
+    # Where an NFS server maps the server's files to another user (root's to nobody),
+    # the partial it left shows that user, as its folder does: still the server's own.
+    folder = storage_root / "squashed"
+    folder.mkdir()
+    data = os.urandom(2 * MiB)
+    abandon_put(port, "squashed/big.bin", data, sent=MiB)
+    wait_released(server, "squashed/big.bin")
+    partial, meta = server_partial(storage_root, "squashed/big.bin")
+    held = partial.stat().st_size
+    for path in (folder, partial, meta):
+        os.chown(path, 65534, 65534)
+    assert abandon_put(port, "squashed/big.bin", data, sent=0) == held
+
+
 def test_cut_download_leaves_local_partial_and_rerun_sends_only_the_rest(
         server: FTPServer, port: int, storage_root: Path, local: Path) -> None:
     name = "cut-down.bin"
