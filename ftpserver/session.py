@@ -116,9 +116,7 @@ class Session:
 
     def resume_offset(self, path: str, size: int, source: str) -> int:
         """Where a put of ``path`` (``size`` bytes, the client's ``source`` tag) would resume."""
-        storage = self.writable()
-        with PartialUpload(storage.upload_place(storage.virtual(self.cwd, path))) as partial:
-            return partial.resumable_offset(size, source)
+        return self.planned_put(path, size, source)[2]
 
     def planned_put(self, path: str, size: int, source: str) -> tuple[str, Entry | None, int]:
         """For a put of ``path`` planned ahead: its virtual path, what is there now (None

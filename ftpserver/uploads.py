@@ -287,7 +287,8 @@ class PartialUpload:
             os.fsync(self.fd)
         if not self.still_named():
             raise NotFound(f"the partial upload of {self.place.vpath} was replaced meanwhile")
-        self._unlink_record()  # while the lock still covers the name
+        if self._recorded:
+            self._unlink_record()  # while the lock still covers the name
         os.replace(self.partial_name, self.name, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
         self.ended = True
         return os.fstat(self.fd)
