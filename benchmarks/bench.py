@@ -235,15 +235,43 @@ def file_digest(path: Path, hash: str) -> str:
 # -- servers -------------------------------------------------------------------
 
 PYFTPDLIB_SERVER = '''\
-"""pyftpdlib 2.2 with a writable anonymous account, as it runs out of the box."""
-import sys
+"""pyftpdlib 2.2 with a writable anonymous account, as it runs out of the box
+(with "fsync" after the root: each stored file flushed to disk before its 226 reply)."""
+import os, sys
 from pyftpdlib.authorizers import DummyAuthorizer
+from pyftpdlib.filesystems import AbstractedFS
 from pyftpdlib.handlers import FTPHandler
 from pyftpdlib.servers import FTPServer
+
+
+class Flushed:
+    """A file written to by STOR; closing it (which pyftpdlib does before its reply)
+    flushes it to disk first."""
+
+    def __init__(self, file):
+        self._file = file
+
+    def __getattr__(self, name):
+        return getattr(self._file, name)
+
+    def close(self):
+        if not self._file.closed:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        self._file.close()
+
+
+class FlushingFS(AbstractedFS):
+    def open(self, filename, mode):
+        file = super().open(filename, mode)
+        return file if "r" in mode else Flushed(file)
+
 
 authorizer = DummyAuthorizer()
 authorizer.add_anonymous(sys.argv[1], perm="elradfmwMT")
 FTPHandler.authorizer = authorizer
+if sys.argv[2:] == ["fsync"]:
+    FTPHandler.abstracted_fs = FlushingFS
 server = FTPServer(("127.0.0.1", 0), FTPHandler)
 server.max_cons = 2048        # room for the 500 idle connections and their neighbours
 server.max_cons_per_ip = 0
@@ -331,13 +359,16 @@ def start_ours(tmp: Path, buffer_size: int | None = None) -> Server:
                   r"serving .* on \S+:(\d+)")
 
 
-def start_pyftpdlib(tmp: Path) -> Server:
-    root = tmp / "pyftpdlib_root"
+def start_pyftpdlib(tmp: Path, name: str = "pyftpdlib") -> Server:
+    """pyftpdlib as it comes; as ``pyftpdlib_fsync``, flushing each stored file to disk
+    before it replies (the promise our put keeps)."""
+    root = tmp / f"{name}_root"
     root.mkdir(exist_ok=True)
     script = tmp / "pyftpdlib_server.py"
     script.write_text(PYFTPDLIB_SERVER)
-    return _start("pyftpdlib", [sys.executable, str(script), str(root)], root,
-                  _log_path(tmp, "pyftpdlib"), r"listening on port (\d+)")
+    flags = ["fsync"] if name.endswith("_fsync") else []
+    return _start(name, [sys.executable, str(script), str(root), *flags], root,
+                  _log_path(tmp, name), r"listening on port (\d+)")
 
 
 # -- results -------------------------------------------------------------------
@@ -394,6 +425,8 @@ MEASURES: dict[str, tuple[str, str]] = {
     "ours_get_sha256": ("ours get, --hash sha256", "MB/s"),
     "ours_put_blake3": ("ours put, --hash blake3 (restart)", "MB/s"),
     "ours_get_blake3": ("ours get, --hash blake3", "MB/s"),
+    "cmd_pyftpdlib_fsync_put": ("command: ftplib script STOR to pyftpdlib, each stored file "
+                                "fsynced before its reply (no hash)", "MB/s"),
     "cmd_pyftpdlib_put": ("command: ftplib script STOR to pyftpdlib (1 MiB blocks, no hash)",
                           "MB/s"),
     "cmd_pyftpdlib_get": ("command: ftplib script RETR from pyftpdlib (1 MiB blocks, no hash)",
@@ -474,7 +507,7 @@ class Bench:
     def server(self, name: str) -> Server:
         if name not in self.servers:
             self.servers[name] = start_ours(self.tmp, self.args.buffer_size) if name == "ours" \
-                else start_pyftpdlib(self.tmp)
+                else start_pyftpdlib(self.tmp, name)
         server = self.servers[name]
         if not server.alive():
             raise RuntimeError(f"the {name} server died: {server.log.read_text()[-800:]}")
@@ -675,7 +708,7 @@ class Bench:
     def bench_commands(self, run: int) -> None:
         """One put and one get of the main file per tool, whole commands from start to exit,
         the tools taking turns in an order rotated every round."""
-        tools = ["disk", "pyftpdlib", "md5"] + (["blake3"] if HAS_BLAKE3 else [])
+        tools = ["disk", "pyftpdlib", "pyftpdlib_fsync", "md5"] + (["blake3"] if HAS_BLAKE3 else [])
         shift = (run - 1) % len(tools)
         ours = self.server("ours")
         base = [sys.executable, "-m", "ftpclient", "-q", "-H", LOOPBACK, "-p", str(ours.port)]
@@ -704,13 +737,13 @@ class Bench:
             return
         timeout = transfer_timeout(self.size)
         name, out = self.main.name, "cmd_out.bin"   # relative to self.tmp, the commands' cwd
-        if tool == "pyftpdlib":
-            server = self.server("pyftpdlib")
+        if tool.startswith("pyftpdlib"):
+            server = self.server(tool)
             remove(server.root / name)
             script = str(self.one_shot_script())
             put_cmd = [sys.executable, script, "put", str(server.port), name, name]
             get_cmd = [sys.executable, script, "get", str(server.port), name, out]
-            keys = ("cmd_pyftpdlib_put", "cmd_pyftpdlib_get")
+            keys = (f"cmd_{tool}_put", f"cmd_{tool}_get")
         else:
             server = self.server("ours")
             self._remote_rm(server, name)   # a fresh put, not "already there and identical"
@@ -723,8 +756,8 @@ class Bench:
         target = self.tmp / out
         remove(target)
         try:
-            for key, command, written in ((keys[0], put_cmd, server.root / name),
-                                          (keys[1], get_cmd, target)):
+            pairs = ((keys[0], put_cmd, server.root / name), (keys[1], get_cmd, target))
+            for key, command, written in pairs[:1] if tool == "pyftpdlib_fsync" else pairs:
                 os.sync()
                 done, rss = self.sample_server(
                     server, lambda: run_command(command, self.tmp, timeout))
@@ -1150,6 +1183,10 @@ GOALS = [
          "info"),
     Goal("pyftpdlib RETR, whole command (no fsync) / disk copy + fsync", "cmd_pyftpdlib_get",
          "cmd_disk", "info"),
+    Goal("put --hash blake3 / pyftpdlib STOR + fsync (the same promise), whole commands",
+         "cmd_put_blake3", "cmd_pyftpdlib_fsync_put", "info"),
+    Goal("pyftpdlib STOR + fsync / pyftpdlib STOR, whole commands", "cmd_pyftpdlib_fsync_put",
+         "cmd_pyftpdlib_put", "info"),
     Goal("put md5 / pyftpdlib STOR, whole commands", "cmd_put", "cmd_pyftpdlib_put", "info"),
     Goal("get md5 / pyftpdlib RETR, whole commands", "cmd_get", "cmd_pyftpdlib_get", "info"),
     Goal("put --hash blake3 / pyftpdlib STOR, in process", "ours_put_blake3", "pyftpdlib_stor",
