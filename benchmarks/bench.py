@@ -441,6 +441,8 @@ MEASURES: dict[str, tuple[str, str]] = {
     "threads_ours": ("ours: {n} clients (threads), put+get 1 MB each", "files/s"),
     "threads_ours_blake3": ("ours: {n} clients (threads), put+get 1 MB each, blake3", "files/s"),
     "threads_pyftpdlib": ("pyftpdlib: {n} clients (threads, ftplib), STOR+RETR 1 MB", "files/s"),
+    "threads_pyftpdlib_fsync": ("pyftpdlib, each stored file fsynced before its reply: {n} "
+                                "clients (threads, ftplib), STOR+RETR 1 MB", "files/s"),
     "cli_ours": ("ours: {n} x `ftpclient put` + `get` 1 MB, {jobs} at a time", "files/s"),
     "cli_pyftpdlib": ("pyftpdlib: {n} x one-shot ftplib put + get, {jobs} at a time", "files/s"),
     "idle_ours": ("ours: put+get 1 MB on a fresh connection, {idle} idle held", "s"),
@@ -676,6 +678,7 @@ class Bench:
         if HAS_BLAKE3:
             self._threads(run, "ours", "blake3")
         self._threads(run, "pyftpdlib")
+        self._threads(run, "pyftpdlib_fsync")
 
     def _threads(self, run: int, name: str, hash: str = "md5") -> None:
         """``self.clients`` clients at once against server ``name``, ours checking with ``hash``."""
@@ -684,7 +687,7 @@ class Bench:
         prefix = f"t{run}{hash[0]}_"
         try:
             done, rss = self.sample_server(server, lambda: run_worker(
-                [f"threads-{name}", server.port, self.small_dir, self.clients, prefix, hash], 300))
+                [f"threads-{name.split('_')[0]}", server.port, self.small_dir, self.clients, prefix, hash], 300))
         finally:
             self._clean(server, prefix)
         self.record(key, done["files"] / done["seconds"], rss, done["hwm"])
@@ -1173,6 +1176,8 @@ GOALS = [
     Goal("md5 get, in process / md5 in memory", "ours_get", "md5", "info"),
     Goal("{n} clients (threads), blake3 / pyftpdlib, files/s", "threads_ours_blake3",
          "threads_pyftpdlib", ">=", 0.8),
+    Goal("{n} clients (threads), blake3 / pyftpdlib + fsync (the same promise), files/s",
+         "threads_ours_blake3", "threads_pyftpdlib_fsync", "info"),
     Goal("blake3: resume start of a 90 % partial (s)", "resume_start_blake3", None, "<=", 1.0),
     Goal("blake3: whole resumed put of the last 10 % / those bytes sent fresh",
          "resume_total_blake3", "resume_fresh_blake3", "<=", 1.5),
