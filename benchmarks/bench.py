@@ -705,6 +705,7 @@ class Bench:
         if "threads" not in self.groups:
             self._threads(run, "ours", "blake3")
             self._threads(run, "pyftpdlib")
+            self._threads(run, "pyftpdlib_fsync")
 
     # -- whole commands, as a user runs them --
 
