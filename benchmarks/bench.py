@@ -27,7 +27,9 @@ group alone runs just those rows and the pyftpdlib figures they are compared wit
 The ``commands`` group times whole commands as a user runs them, from start to exit:
 ``python -m ftpclient -q -H 127.0.0.1 -p PORT put FILE`` and ``get FILE OUT`` (md5, the
 default, and with ``--hash blake3``), beside the same file stored and fetched by a small
-ftplib script run as a process (STOR/RETR, 1 MiB blocks) against pyftpdlib.  Each command
+ftplib script run as a process (STOR/RETR, 1 MiB blocks) against pyftpdlib, and a STOR to a
+second pyftpdlib that flushes each stored file to disk before its reply, as our put does
+(the ``threads`` group also runs its 100 clients against that one).  Each command
 is preceded by ``sync`` and nothing else (no cache is dropped); each put is a fresh one
 (the remote file is removed first, untimed) and each get writes a new file.  The tools take
 turns within a round, in an order rotated every round.  ``--only blake3`` and ``--only
