@@ -687,9 +687,10 @@ class Bench:
         server = self.server(name)
         key = f"threads_{name}" + (f"_{hash}" if hash != "md5" else "")
         prefix = f"t{run}{hash[0]}_"
+        worker = "threads-ours" if name == "ours" else "threads-pyftpdlib"  # either pyftpdlib
         try:
             done, rss = self.sample_server(server, lambda: run_worker(
-                [f"threads-{name.split('_')[0]}", server.port, self.small_dir, self.clients, prefix, hash], 300))
+                [worker, server.port, self.small_dir, self.clients, prefix, hash], 300))
         finally:
             self._clean(server, prefix)
         self.record(key, done["files"] / done["seconds"], rss, done["hwm"])
@@ -763,6 +764,7 @@ class Bench:
         remove(target)
         try:
             pairs = ((keys[0], put_cmd, server.root / name), (keys[1], get_cmd, target))
+            # The flushing pyftpdlib reads as the plain one does: only its STOR is timed.
             for key, command, written in pairs[:1] if tool == "pyftpdlib_fsync" else pairs:
                 os.sync()
                 done, rss = self.sample_server(
